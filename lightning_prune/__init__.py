@@ -1,7 +1,33 @@
-"""lightning_prune: structured pruning for PyTorch Lightning."""
+"""lightning_prune: structured pruning for PyTorch Lightning.
 
+Channel pruning and N:M (2:4) sparsity retraining driven by AMCT-compatible protobuf-text
+configs, with record files that make every pruning reproducible and restorable.
+"""
+
+from lightning_prune.api import (
+    create_prune_retrain_model,
+    restore_prune_retrain_model,
+    save_prune_retrain_model,
+)
+from lightning_prune.callbacks.structured_sparsity import StructuredSparsityRetrain
+from lightning_prune.config import FilterPruneSpec, NOutOfMSpec, RetrainConfig, load_retrain_config
 from lightning_prune.errors import PruneConfigError, RecordError
+from lightning_prune.export import export_onnx, export_pruned_model
 
 __version__ = "0.1.0"
 
-__all__ = ["PruneConfigError", "RecordError", "__version__"]
+__all__ = [
+    "FilterPruneSpec",
+    "NOutOfMSpec",
+    "PruneConfigError",
+    "RecordError",
+    "RetrainConfig",
+    "StructuredSparsityRetrain",
+    "__version__",
+    "create_prune_retrain_model",
+    "export_onnx",
+    "export_pruned_model",
+    "load_retrain_config",
+    "restore_prune_retrain_model",
+    "save_prune_retrain_model",
+]
