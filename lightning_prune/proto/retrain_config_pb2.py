@@ -24,45 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*lightning_prune/proto/retrain_config.proto\x12\x0flightning_prune\"\xfd\x04\n\x11\x41MCTRetrainConfig\x12\x14\n\tbatch_num\x18\x01 \x01(\r:\x01\x31\x12J\n\x19retrain_data_quant_config\x18\x02 \x01(\x0b\x32\'.lightning_prune.RetrainDataQuantConfig\x12N\n\x1bretrain_weight_quant_config\x18\x03 \x01(\x0b\x32).lightning_prune.RetrainWeightQuantConfig\x12\x19\n\x11quant_skip_layers\x18\x0b \x03(\t\x12\x18\n\x10quant_skip_types\x18\x0c \x03(\t\x12I\n\x18\x66\x61kequant_precision_mode\x18\x15 \x01(\x0e\x32\'.lightning_prune.FakequantPrecisionMode\x12\x13\n\x0bskip_layers\x18\x04 \x03(\t\x12\x45\n\x16override_layer_configs\x18\x05 \x03(\x0b\x32%.lightning_prune.RetrainOverrideLayer\x12\x18\n\x10skip_layer_types\x18\x06 \x03(\t\x12G\n\x14override_layer_types\x18\x07 \x03(\x0b\x32).lightning_prune.RetrainOverrideLayerType\x12\x32\n\x0cprune_config\x18\x08 \x01(\x0b\x32\x1c.lightning_prune.PruneConfig\x12!\n\x19regular_prune_skip_layers\x18\t \x03(\t\x12 \n\x18regular_prune_skip_types\x18\n \x03(\t\"\xfa\x01\n\x14RetrainOverrideLayer\x12\x12\n\nlayer_name\x18\x01 \x01(\t\x12J\n\x19retrain_data_quant_config\x18\x02 \x01(\x0b\x32\'.lightning_prune.RetrainDataQuantConfig\x12N\n\x1bretrain_weight_quant_config\x18\x03 \x01(\x0b\x32).lightning_prune.RetrainWeightQuantConfig\x12\x32\n\x0cprune_config\x18\x04 \x01(\x0b\x32\x1c.lightning_prune.PruneConfig\"\xfe\x01\n\x18RetrainOverrideLayerType\x12\x12\n\nlayer_type\x18\x01 \x01(\t\x12J\n\x19retrain_data_quant_config\x18\x02 \x01(\x0b\x32\'.lightning_prune.RetrainDataQuantConfig\x12N\n\x1bretrain_weight_quant_config\x18\x03 \x01(\x0b\x32).lightning_prune.RetrainWeightQuantConfig\x12\x32\n\x0cprune_config\x18\x04 \x01(\x0b\x32\x1c.lightning_prune.PruneConfig\"\x9c\x01\n\x0bPruneConfig\x12\x36\n\rfilter_pruner\x18\x01 \x01(\x0b\x32\x1d.lightning_prune.FilterPrunerH\x00\x12;\n\x11n_out_of_m_pruner\x18\x02 \x01(\x0b\x32\x1e.lightning_prune.NOutOfMPrunerH\x00\x42\x18\n\x16regular_prune_strategy\"l\n\x0c\x46ilterPruner\x12T\n\x1d\x62\x61lanced_l2_norm_filter_prune\x18\x01 \x01(\x0b\x32+.lightning_prune.BalancedL2NormFilterPrunerH\x00\x42\x06\n\x04\x61lgo\"k\n\x1a\x42\x61lancedL2NormFilterPruner\x12\x13\n\x0bprune_ratio\x18\x01 \x01(\x02\x12\x1e\n\x10\x61scend_optimized\x18\x02 \x01(\x08:\x04true\x12\x18\n\x10\x63hannel_multiple\x18\x03 \x01(\r\"Y\n\rNOutOfMPruner\x12@\n\x12l1_selective_prune\x18\x01 \x01(\x0b\x32\".lightning_prune.L1SelectivePrunerH\x00\x42\x06\n\x04\x61lgo\"~\n\x11L1SelectivePruner\x12;\n\x0fn_out_of_m_type\x18\x01 \x01(\x0e\x32\x1c.lightning_prune.NOutOfMType:\x04M4N2\x12\x16\n\x0bupdate_freq\x18\x02 \x01(\x03:\x01\x30\x12\t\n\x01n\x18\x03 \x01(\r\x12\t\n\x01m\x18\x04 \x01(\r\"0\n\nClipMaxMin\x12\x10\n\x08\x63lip_max\x18\x01 \x01(\x02\x12\x10\n\x08\x63lip_min\x18\x02 \x01(\x02\"\x83\x01\n\x0e\x41\x63tULQquantize\x12\x31\n\x0c\x63lip_max_min\x18\x01 \x01(\x0b\x32\x1b.lightning_prune.ClipMaxMin\x12\x11\n\tfixed_min\x18\x02 \x01(\x08\x12+\n\x08\x64st_type\x18\x03 \x01(\x0e\x32\x19.lightning_prune.DataType\"_\n\x16RetrainDataQuantConfig\x12\x37\n\x0culq_quantize\x18\x01 \x01(\x0b\x32\x1f.lightning_prune.ActULQquantizeH\x00\x42\x0c\n\nquant_algo\"O\n\nARQRetrain\x12\x14\n\x0c\x63hannel_wise\x18\x01 \x01(\x08\x12+\n\x08\x64st_type\x18\x02 \x01(\x0e\x32\x19.lightning_prune.DataType\"R\n\rWtsULQRetrain\x12\x14\n\x0c\x63hannel_wise\x18\x01 \x01(\x08\x12+\n\x08\x64st_type\x18\x02 \x01(\x0e\x32\x19.lightning_prune.DataType\"\x93\x01\n\x18RetrainWeightQuantConfig\x12\x32\n\x0b\x61rq_retrain\x18\x01 \x01(\x0b\x32\x1b.lightning_prune.ARQRetrainH\x00\x12\x35\n\x0bulq_retrain\x18\x02 \x01(\x0b\x32\x1e.lightning_prune.WtsULQRetrainH\x00\x42\x0c\n\nquant_algo*@\n\x0bNOutOfMType\x12\x08\n\x04M4N2\x10\x00\x12\x08\n\x04M4N1\x10\x01\x12\x08\n\x04M8N2\x10\x02\x12\x08\n\x04M8N4\x10\x03\x12\t\n\x05M16N8\x10\x04*;\n\x16\x46\x61kequantPrecisionMode\x12\x0b\n\x07\x44\x45\x46\x41ULT\x10\x00\x12\x14\n\x10\x46ORCE_FP16_QUANT\x10\x01*)\n\x08\x44\x61taType\x12\x08\n\x04INT4\x10\x00\x12\x08\n\x04INT8\x10\x01\x12\t\n\x05INT16\x10\x02')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*lightning_prune/proto/retrain_config.proto\x12\x0flightning_prune\"\x9f\x05\n\x11\x41MCTRetrainConfig\x12\x14\n\tbatch_num\x18\x01 \x01(\r:\x01\x31\x12J\n\x19retrain_data_quant_config\x18\x02 \x01(\x0b\x32\'.lightning_prune.RetrainDataQuantConfig\x12N\n\x1bretrain_weight_quant_config\x18\x03 \x01(\x0b\x32).lightning_prune.RetrainWeightQuantConfig\x12\x19\n\x11quant_skip_layers\x18\x0b \x03(\t\x12\x18\n\x10quant_skip_types\x18\x0c \x03(\t\x12I\n\x18\x66\x61kequant_precision_mode\x18\x15 \x01(\x0e\x32\'.lightning_prune.FakequantPrecisionMode\x12\x13\n\x0bskip_layers\x18\x04 \x03(\t\x12\x45\n\x16override_layer_configs\x18\x05 \x03(\x0b\x32%.lightning_prune.RetrainOverrideLayer\x12\x18\n\x10skip_layer_types\x18\x06 \x03(\t\x12G\n\x14override_layer_types\x18\x07 \x03(\x0b\x32).lightning_prune.RetrainOverrideLayerType\x12\x32\n\x0cprune_config\x18\x08 \x01(\x0b\x32\x1c.lightning_prune.PruneConfig\x12!\n\x19regular_prune_skip_layers\x18\t \x03(\t\x12 \n\x18regular_prune_skip_types\x18\n \x03(\t\x12 \n\x18\x63hannel_selection_record\x18\x64 \x01(\t\"\xfa\x01\n\x14RetrainOverrideLayer\x12\x12\n\nlayer_name\x18\x01 \x01(\t\x12J\n\x19retrain_data_quant_config\x18\x02 \x01(\x0b\x32\'.lightning_prune.RetrainDataQuantConfig\x12N\n\x1bretrain_weight_quant_config\x18\x03 \x01(\x0b\x32).lightning_prune.RetrainWeightQuantConfig\x12\x32\n\x0cprune_config\x18\x04 \x01(\x0b\x32\x1c.lightning_prune.PruneConfig\"\xfe\x01\n\x18RetrainOverrideLayerType\x12\x12\n\nlayer_type\x18\x01 \x01(\t\x12J\n\x19retrain_data_quant_config\x18\x02 \x01(\x0b\x32\'.lightning_prune.RetrainDataQuantConfig\x12N\n\x1bretrain_weight_quant_config\x18\x03 \x01(\x0b\x32).lightning_prune.RetrainWeightQuantConfig\x12\x32\n\x0cprune_config\x18\x04 \x01(\x0b\x32\x1c.lightning_prune.PruneConfig\"\x9c\x01\n\x0bPruneConfig\x12\x36\n\rfilter_pruner\x18\x01 \x01(\x0b\x32\x1d.lightning_prune.FilterPrunerH\x00\x12;\n\x11n_out_of_m_pruner\x18\x02 \x01(\x0b\x32\x1e.lightning_prune.NOutOfMPrunerH\x00\x42\x18\n\x16regular_prune_strategy\"l\n\x0c\x46ilterPruner\x12T\n\x1d\x62\x61lanced_l2_norm_filter_prune\x18\x01 \x01(\x0b\x32+.lightning_prune.BalancedL2NormFilterPrunerH\x00\x42\x06\n\x04\x61lgo\"k\n\x1a\x42\x61lancedL2NormFilterPruner\x12\x13\n\x0bprune_ratio\x18\x01 \x01(\x02\x12\x1e\n\x10\x61scend_optimized\x18\x02 \x01(\x08:\x04true\x12\x18\n\x10\x63hannel_multiple\x18\x03 \x01(\r\"Y\n\rNOutOfMPruner\x12@\n\x12l1_selective_prune\x18\x01 \x01(\x0b\x32\".lightning_prune.L1SelectivePrunerH\x00\x42\x06\n\x04\x61lgo\"~\n\x11L1SelectivePruner\x12;\n\x0fn_out_of_m_type\x18\x01 \x01(\x0e\x32\x1c.lightning_prune.NOutOfMType:\x04M4N2\x12\x16\n\x0bupdate_freq\x18\x02 \x01(\x03:\x01\x30\x12\t\n\x01n\x18\x03 \x01(\r\x12\t\n\x01m\x18\x04 \x01(\r\"0\n\nClipMaxMin\x12\x10\n\x08\x63lip_max\x18\x01 \x01(\x02\x12\x10\n\x08\x63lip_min\x18\x02 \x01(\x02\"\x83\x01\n\x0e\x41\x63tULQquantize\x12\x31\n\x0c\x63lip_max_min\x18\x01 \x01(\x0b\x32\x1b.lightning_prune.ClipMaxMin\x12\x11\n\tfixed_min\x18\x02 \x01(\x08\x12+\n\x08\x64st_type\x18\x03 \x01(\x0e\x32\x19.lightning_prune.DataType\"_\n\x16RetrainDataQuantConfig\x12\x37\n\x0culq_quantize\x18\x01 \x01(\x0b\x32\x1f.lightning_prune.ActULQquantizeH\x00\x42\x0c\n\nquant_algo\"O\n\nARQRetrain\x12\x14\n\x0c\x63hannel_wise\x18\x01 \x01(\x08\x12+\n\x08\x64st_type\x18\x02 \x01(\x0e\x32\x19.lightning_prune.DataType\"R\n\rWtsULQRetrain\x12\x14\n\x0c\x63hannel_wise\x18\x01 \x01(\x08\x12+\n\x08\x64st_type\x18\x02 \x01(\x0e\x32\x19.lightning_prune.DataType\"\x93\x01\n\x18RetrainWeightQuantConfig\x12\x32\n\x0b\x61rq_retrain\x18\x01 \x01(\x0b\x32\x1b.lightning_prune.ARQRetrainH\x00\x12\x35\n\x0bulq_retrain\x18\x02 \x01(\x0b\x32\x1e.lightning_prune.WtsULQRetrainH\x00\x42\x0c\n\nquant_algo*@\n\x0bNOutOfMType\x12\x08\n\x04M4N2\x10\x00\x12\x08\n\x04M4N1\x10\x01\x12\x08\n\x04M8N2\x10\x02\x12\x08\n\x04M8N4\x10\x03\x12\t\n\x05M16N8\x10\x04*;\n\x16\x46\x61kequantPrecisionMode\x12\x0b\n\x07\x44\x45\x46\x41ULT\x10\x00\x12\x14\n\x10\x46ORCE_FP16_QUANT\x10\x01*)\n\x08\x44\x61taType\x12\x08\n\x04INT4\x10\x00\x12\x08\n\x04INT8\x10\x01\x12\t\n\x05INT16\x10\x02')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lightning_prune.proto.retrain_config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NOUTOFMTYPE']._serialized_start=2406
-  _globals['_NOUTOFMTYPE']._serialized_end=2470
-  _globals['_FAKEQUANTPRECISIONMODE']._serialized_start=2472
-  _globals['_FAKEQUANTPRECISIONMODE']._serialized_end=2531
-  _globals['_DATATYPE']._serialized_start=2533
-  _globals['_DATATYPE']._serialized_end=2574
+  _globals['_NOUTOFMTYPE']._serialized_start=2440
+  _globals['_NOUTOFMTYPE']._serialized_end=2504
+  _globals['_FAKEQUANTPRECISIONMODE']._serialized_start=2506
+  _globals['_FAKEQUANTPRECISIONMODE']._serialized_end=2565
+  _globals['_DATATYPE']._serialized_start=2567
+  _globals['_DATATYPE']._serialized_end=2608
   _globals['_AMCTRETRAINCONFIG']._serialized_start=64
-  _globals['_AMCTRETRAINCONFIG']._serialized_end=701
-  _globals['_RETRAINOVERRIDELAYER']._serialized_start=704
-  _globals['_RETRAINOVERRIDELAYER']._serialized_end=954
-  _globals['_RETRAINOVERRIDELAYERTYPE']._serialized_start=957
-  _globals['_RETRAINOVERRIDELAYERTYPE']._serialized_end=1211
-  _globals['_PRUNECONFIG']._serialized_start=1214
-  _globals['_PRUNECONFIG']._serialized_end=1370
-  _globals['_FILTERPRUNER']._serialized_start=1372
-  _globals['_FILTERPRUNER']._serialized_end=1480
-  _globals['_BALANCEDL2NORMFILTERPRUNER']._serialized_start=1482
-  _globals['_BALANCEDL2NORMFILTERPRUNER']._serialized_end=1589
-  _globals['_NOUTOFMPRUNER']._serialized_start=1591
-  _globals['_NOUTOFMPRUNER']._serialized_end=1680
-  _globals['_L1SELECTIVEPRUNER']._serialized_start=1682
-  _globals['_L1SELECTIVEPRUNER']._serialized_end=1808
-  _globals['_CLIPMAXMIN']._serialized_start=1810
-  _globals['_CLIPMAXMIN']._serialized_end=1858
-  _globals['_ACTULQQUANTIZE']._serialized_start=1861
-  _globals['_ACTULQQUANTIZE']._serialized_end=1992
-  _globals['_RETRAINDATAQUANTCONFIG']._serialized_start=1994
-  _globals['_RETRAINDATAQUANTCONFIG']._serialized_end=2089
-  _globals['_ARQRETRAIN']._serialized_start=2091
-  _globals['_ARQRETRAIN']._serialized_end=2170
-  _globals['_WTSULQRETRAIN']._serialized_start=2172
-  _globals['_WTSULQRETRAIN']._serialized_end=2254
-  _globals['_RETRAINWEIGHTQUANTCONFIG']._serialized_start=2257
-  _globals['_RETRAINWEIGHTQUANTCONFIG']._serialized_end=2404
+  _globals['_AMCTRETRAINCONFIG']._serialized_end=735
+  _globals['_RETRAINOVERRIDELAYER']._serialized_start=738
+  _globals['_RETRAINOVERRIDELAYER']._serialized_end=988
+  _globals['_RETRAINOVERRIDELAYERTYPE']._serialized_start=991
+  _globals['_RETRAINOVERRIDELAYERTYPE']._serialized_end=1245
+  _globals['_PRUNECONFIG']._serialized_start=1248
+  _globals['_PRUNECONFIG']._serialized_end=1404
+  _globals['_FILTERPRUNER']._serialized_start=1406
+  _globals['_FILTERPRUNER']._serialized_end=1514
+  _globals['_BALANCEDL2NORMFILTERPRUNER']._serialized_start=1516
+  _globals['_BALANCEDL2NORMFILTERPRUNER']._serialized_end=1623
+  _globals['_NOUTOFMPRUNER']._serialized_start=1625
+  _globals['_NOUTOFMPRUNER']._serialized_end=1714
+  _globals['_L1SELECTIVEPRUNER']._serialized_start=1716
+  _globals['_L1SELECTIVEPRUNER']._serialized_end=1842
+  _globals['_CLIPMAXMIN']._serialized_start=1844
+  _globals['_CLIPMAXMIN']._serialized_end=1892
+  _globals['_ACTULQQUANTIZE']._serialized_start=1895
+  _globals['_ACTULQQUANTIZE']._serialized_end=2026
+  _globals['_RETRAINDATAQUANTCONFIG']._serialized_start=2028
+  _globals['_RETRAINDATAQUANTCONFIG']._serialized_end=2123
+  _globals['_ARQRETRAIN']._serialized_start=2125
+  _globals['_ARQRETRAIN']._serialized_end=2204
+  _globals['_WTSULQRETRAIN']._serialized_start=2206
+  _globals['_WTSULQRETRAIN']._serialized_end=2288
+  _globals['_RETRAINWEIGHTQUANTCONFIG']._serialized_start=2291
+  _globals['_RETRAINWEIGHTQUANTCONFIG']._serialized_end=2438
 # @@protoc_insertion_point(module_scope)

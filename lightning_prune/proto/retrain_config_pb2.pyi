@@ -36,7 +36,7 @@ INT8: DataType
 INT16: DataType
 
 class AMCTRetrainConfig(_message.Message):
-    __slots__ = ("batch_num", "retrain_data_quant_config", "retrain_weight_quant_config", "quant_skip_layers", "quant_skip_types", "fakequant_precision_mode", "skip_layers", "override_layer_configs", "skip_layer_types", "override_layer_types", "prune_config", "regular_prune_skip_layers", "regular_prune_skip_types")
+    __slots__ = ("batch_num", "retrain_data_quant_config", "retrain_weight_quant_config", "quant_skip_layers", "quant_skip_types", "fakequant_precision_mode", "skip_layers", "override_layer_configs", "skip_layer_types", "override_layer_types", "prune_config", "regular_prune_skip_layers", "regular_prune_skip_types", "channel_selection_record")
     BATCH_NUM_FIELD_NUMBER: _ClassVar[int]
     RETRAIN_DATA_QUANT_CONFIG_FIELD_NUMBER: _ClassVar[int]
     RETRAIN_WEIGHT_QUANT_CONFIG_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class AMCTRetrainConfig(_message.Message):
     PRUNE_CONFIG_FIELD_NUMBER: _ClassVar[int]
     REGULAR_PRUNE_SKIP_LAYERS_FIELD_NUMBER: _ClassVar[int]
     REGULAR_PRUNE_SKIP_TYPES_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_SELECTION_RECORD_FIELD_NUMBER: _ClassVar[int]
     batch_num: int
     retrain_data_quant_config: RetrainDataQuantConfig
     retrain_weight_quant_config: RetrainWeightQuantConfig
@@ -63,7 +64,8 @@ class AMCTRetrainConfig(_message.Message):
     prune_config: PruneConfig
     regular_prune_skip_layers: _containers.RepeatedScalarFieldContainer[str]
     regular_prune_skip_types: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, batch_num: _Optional[int] = ..., retrain_data_quant_config: _Optional[_Union[RetrainDataQuantConfig, _Mapping]] = ..., retrain_weight_quant_config: _Optional[_Union[RetrainWeightQuantConfig, _Mapping]] = ..., quant_skip_layers: _Optional[_Iterable[str]] = ..., quant_skip_types: _Optional[_Iterable[str]] = ..., fakequant_precision_mode: _Optional[_Union[FakequantPrecisionMode, str]] = ..., skip_layers: _Optional[_Iterable[str]] = ..., override_layer_configs: _Optional[_Iterable[_Union[RetrainOverrideLayer, _Mapping]]] = ..., skip_layer_types: _Optional[_Iterable[str]] = ..., override_layer_types: _Optional[_Iterable[_Union[RetrainOverrideLayerType, _Mapping]]] = ..., prune_config: _Optional[_Union[PruneConfig, _Mapping]] = ..., regular_prune_skip_layers: _Optional[_Iterable[str]] = ..., regular_prune_skip_types: _Optional[_Iterable[str]] = ...) -> None: ...
+    channel_selection_record: str
+    def __init__(self, batch_num: _Optional[int] = ..., retrain_data_quant_config: _Optional[_Union[RetrainDataQuantConfig, _Mapping]] = ..., retrain_weight_quant_config: _Optional[_Union[RetrainWeightQuantConfig, _Mapping]] = ..., quant_skip_layers: _Optional[_Iterable[str]] = ..., quant_skip_types: _Optional[_Iterable[str]] = ..., fakequant_precision_mode: _Optional[_Union[FakequantPrecisionMode, str]] = ..., skip_layers: _Optional[_Iterable[str]] = ..., override_layer_configs: _Optional[_Iterable[_Union[RetrainOverrideLayer, _Mapping]]] = ..., skip_layer_types: _Optional[_Iterable[str]] = ..., override_layer_types: _Optional[_Iterable[_Union[RetrainOverrideLayerType, _Mapping]]] = ..., prune_config: _Optional[_Union[PruneConfig, _Mapping]] = ..., regular_prune_skip_layers: _Optional[_Iterable[str]] = ..., regular_prune_skip_types: _Optional[_Iterable[str]] = ..., channel_selection_record: _Optional[str] = ...) -> None: ...
 
 class RetrainOverrideLayer(_message.Message):
     __slots__ = ("layer_name", "retrain_data_quant_config", "retrain_weight_quant_config", "prune_config")
