@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_prune.config import FilterPruneSpec, NOutOfMSpec, RetrainConfig
+from lightning_prune.config import RetrainConfig
 from lightning_prune.export import export_onnx
-from lightning_prune.proto import PruneRecord
-from lightning_prune.record import check_fingerprint, model_fingerprint, read_record, write_record
-from lightning_prune.sparsity import apply_nm_sparsity, masks_from_records, nm_records
+from lightning_prune.pruning import Pruning
+from lightning_prune.record import read_record, write_record
 
 __all__ = [
     "create_prune_retrain_model",
@@ -61,24 +60,17 @@ def _check_train_forward(function: str, model: nn.Module, inputs: tuple) -> None
                 buffer.copy_(buffers[name])
 
 
-def _refuse_channel_specs(function: str, config: RetrainConfig, specs: Mapping) -> None:
-    channel_layers = [name for name, spec in specs.items() if isinstance(spec, FilterPruneSpec)]
-    if channel_layers:
-        raise ValueError(
-            f"{function}: {config.source} asks for channel pruning (filter_pruner) of "
-            f"{', '.join(channel_layers[:5])}; this build supports n_out_of_m_pruner only. "
-            "HINT: use an n_out_of_m_pruner config."
-        )
-
-
 def create_prune_retrain_model(
     model: nn.Module, input_data: tuple, config_defination: str, record_file: str
 ) -> nn.Module:
     """Return a copy of ``model`` pruned as ``config_defination`` says, ready for retraining; write the record.
 
-    N:M layers keep their shapes and get their masks as weight parametrizations: masked weights
-    stay exactly zero through any optimizer step of a plain training loop. With ``update_freq: k``
-    the masks are recomputed every ``k`` training-mode forwards.
+    Channel pruning (``filter_pruner``) is applied physically, as AMCT does: the returned model
+    really has fewer channels, so a plain training loop trains the small, fast model directly
+    (the Lightning callback also offers masks). Groups whose removal breaks a train-mode forward
+    on ``input_data`` are left unpruned with a warning naming them. N:M layers keep their shapes
+    and get their masks as weight parametrizations: masked weights stay exactly zero through any
+    optimizer step. With ``update_freq: k`` the masks are recomputed every ``k`` training forwards.
 
     Args:
         model: the model with its weights loaded; it is not modified.
@@ -102,14 +94,10 @@ def create_prune_retrain_model(
     config = RetrainConfig.from_file(config_defination)
     pruned = copy.deepcopy(model)
     _check_train_forward(function, pruned, inputs)
-    specs = config.resolve(pruned)
-    _refuse_channel_specs(function, config, specs)
-    fingerprint = model_fingerprint(pruned)
-    apply_nm_sparsity(pruned, {name: spec for name, spec in specs.items() if isinstance(spec, NOutOfMSpec)})
+    pruning = Pruning.from_config(pruned, config, inputs)
+    pruning.apply(pruned, channel_mode="compact")
     _check_train_forward(function, pruned, inputs)
-    record = PruneRecord(fingerprint=fingerprint, config_file=os.fspath(config_defination))
-    record.n_out_of_m.extend(nm_records(pruned))
-    write_record(record_file, record)
+    write_record(record_file, pruning.record(pruned))
     return pruned
 
 
@@ -190,12 +178,9 @@ def restore_prune_retrain_model(
         _check_type(function, argument, value, (str, os.PathLike))
     inputs = _as_input_tuple(function, input_data)
     RetrainConfig.from_file(config_defination)  # validates the file the user names
-    record = read_record(record_file)
     restored = copy.deepcopy(model)
-    check_fingerprint(record, restored, source=os.fspath(record_file))
-    masks = masks_from_records(list(record.n_out_of_m))
-    specs = {r.name: NOutOfMSpec(n=r.n, m=r.m, update_freq=r.update_freq) for r in record.n_out_of_m}
-    apply_nm_sparsity(restored, specs, masks=masks)
+    pruning = Pruning.from_record(restored, read_record(record_file), inputs, source=os.fspath(record_file))
+    pruning.apply(restored, channel_mode="compact")
     state = _strip_prefix(
         _load_checkpoint_state(os.fspath(pth_file), state_dict_name), set(restored.state_dict())
     )

@@ -21,11 +21,16 @@ from lightning_prune.coupling.plan import ChannelPlan, layer_indices
 
 
 class ChannelMask(nn.Module):
-    """Parametrization ``w -> w * mask`` with a persistent ``mask`` buffer (broadcast to ``w``)."""
+    """Parametrization ``w -> w * mask`` with a persistent ``mask`` buffer (broadcast to ``w``).
 
-    def __init__(self, mask: Tensor) -> None:
+    ``pruned`` keeps the layer's pruned channel indices per axis (``{"out": [...], "in": [...]}``),
+    so a masked model can be made compact without tracing it again.
+    """
+
+    def __init__(self, mask: Tensor, pruned: dict[str, list[int]] | None = None) -> None:
         super().__init__()
         self.register_buffer("mask", mask)
+        self.pruned = {axis: list(index) for axis, index in (pruned or {}).items()}
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the mask."""
@@ -102,8 +107,20 @@ def apply_channel_masks(model: nn.Module, analysis: CouplingAnalysis, plan: Chan
     for name, axes in layer_indices(analysis, plan).items():
         module = model.get_submodule(name)
         for pname, mask in layer_masks(module, name, axes).items():
-            parametrize.register_parametrization(module, pname, ChannelMask(mask))
+            parametrize.register_parametrization(module, pname, ChannelMask(mask, axes))
     return model
+
+
+def masked_channels(model: nn.Module) -> dict[str, dict[str, list[int]]]:
+    """Layer name -> its pruned channel indices per axis, read from the layer's channel masks."""
+    found: dict[str, dict[str, list[int]]] = {}
+    for name, m in model.named_modules():
+        if parametrize.is_parametrized(m):
+            for plist in m.parametrizations.values():
+                for p in plist:
+                    if isinstance(p, ChannelMask):
+                        found[name] = p.pruned
+    return found
 
 
 def has_channel_masks(model: nn.Module) -> bool:
@@ -156,4 +173,11 @@ def _own_class(module: nn.Module) -> None:
     module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
-__all__ = ["ChannelMask", "apply_channel_masks", "has_channel_masks", "layer_masks", "remove_channel_masks"]
+__all__ = [
+    "ChannelMask",
+    "apply_channel_masks",
+    "has_channel_masks",
+    "layer_masks",
+    "masked_channels",
+    "remove_channel_masks",
+]

@@ -13,15 +13,17 @@ import torch
 from torch import nn
 
 from lightning_prune.sparsity import fold_nm_sparsity
+from lightning_prune.surgery import prune_masked_channels
 
 __all__ = ["export_onnx", "export_pruned_model", "validate_dynamic_axes"]
 
 
 def export_pruned_model(model: nn.Module) -> nn.Module:
-    """A plain copy of ``model`` with every pruning mask folded into its weights.
+    """A plain, compact copy of ``model``: masked channels removed, N:M masks folded into the weights.
 
-    N:M-sparse layers become ordinary layers whose weights hold the exact zero pattern; the
-    returned module has no parametrizations or hooks of ours, and ``model`` is left untouched.
+    Channel-masked layers really lose their pruned channels; N:M-sparse layers become ordinary
+    layers whose weights hold the exact zero pattern. The returned module has no parametrizations
+    or hooks of ours, and ``model`` is left untouched.
 
     Example:
         >>> from types import SimpleNamespace
@@ -34,7 +36,7 @@ def export_pruned_model(model: nn.Module) -> nn.Module:
         >>> int((plain[0].weight == 0).sum())
         16
     """
-    return fold_nm_sparsity(copy.deepcopy(model))
+    return fold_nm_sparsity(prune_masked_channels(copy.deepcopy(model)))
 
 
 def validate_dynamic_axes(dynamic_axes: object) -> None:

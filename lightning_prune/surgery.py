@@ -19,7 +19,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from lightning_prune.channel_masks import apply_channel_masks, has_channel_masks, remove_channel_masks
+from lightning_prune.channel_masks import (
+    apply_channel_masks,
+    has_channel_masks,
+    masked_channels,
+    remove_channel_masks,
+)
 from lightning_prune.coupling.groups import CouplingAnalysis
 from lightning_prune.coupling.plan import ChannelPlan, keep_index, layer_indices, normalize_plan
 from lightning_prune.coupling.records import plan_to_records, records_to_plan
@@ -146,6 +151,27 @@ def prune_channels(model: nn.Module, analysis: CouplingAnalysis, plan: ChannelPl
     return model
 
 
+def prune_masked_channels(model: nn.Module) -> nn.Module:
+    """Physically remove the channels that channel masks zero, in place, and drop the masks.
+
+    Needs no analysis: each mask remembers its layer's pruned indices. Deep-copy first to keep
+    the masked model.
+
+    Example:
+        >>> from lightning_prune.coupling import analyze_coupling
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+        >>> _ = apply_channel_masks(net, analyze_coupling(net, torch.randn(1, 3, 8, 8)), {0: [1, 2]})
+        >>> net = prune_masked_channels(net)
+        >>> net[0].out_channels, net[1].num_features, net[3].in_channels
+        (6, 6, 6)
+    """
+    per_layer = masked_channels(model)
+    remove_channel_masks(model, leave_parametrized=True)
+    for name, axes in per_layer.items():
+        _prune_layer(model.get_submodule(name), name, axes)
+    return model
+
+
 def _out_weight(m: nn.Module) -> Tensor:
     w = m.weight.detach()
     return w.transpose(0, 1) if isinstance(m, nn.ConvTranspose2d) else w
@@ -255,6 +281,7 @@ __all__ = [
     "drop_breaking_groups",
     "plan_to_records",
     "prune_channels",
+    "prune_masked_channels",
     "records_to_plan",
     "remove_channel_masks",
 ]

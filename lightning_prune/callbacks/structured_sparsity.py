@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
+from google.protobuf import text_format
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
-from lightning_prune.config import FilterPruneSpec, NOutOfMSpec, RetrainConfig
+from lightning_prune.config import RetrainConfig
+from lightning_prune.coupling.plan import layer_indices
+from lightning_prune.export import export_pruned_model
 from lightning_prune.proto import PruneRecord
-from lightning_prune.record import model_fingerprint, write_record
-from lightning_prune.sparsity import (
-    apply_nm_sparsity,
-    nm_records,
-    nm_sparse_layers,
-    zero_masked_weights,
-)
+from lightning_prune.pruning import CHANNEL_MODES, Pruning, as_input_tuple, example_inputs_from_shape
+from lightning_prune.record import write_record
+from lightning_prune.sparsity import nm_sparse_layers, zero_masked_weights
+from lightning_prune.surgery import apply_channel_masks, records_to_plan
 
 __all__ = ["StructuredSparsityRetrain"]
 
@@ -28,12 +29,21 @@ _STATE_VERSION = 1
 class StructuredSparsityRetrain(Callback):
     """Prune the model as a retrain ``.cfg`` says, keep the pruning through ``fit``, and record it.
 
-    On ``setup`` the layers the config selects for N:M sparsity (``n_out_of_m_pruner``) get their
-    masks as weight parametrizations, so every optimizer step keeps the zero pattern and shapes stay
-    fixed. The record file is written (atomically) at setup, at every checkpoint and at the end of fit.
-    The masks travel in the model's own ``state_dict``; the callback's state carries the plan so that
-    ``trainer.fit(ckpt_path=...)`` resumes with identical masks, and a checkpoint made under another
-    config is refused. At the end of fit the stored weights carry the exact zero pattern too.
+    On ``setup`` the config decides the pruning: channel groups (``filter_pruner``, channels
+    chosen by BalancedL2Norm over all coupled producers, or taken from the config's
+    ``channel_selection_record``) and N:M layers (``n_out_of_m_pruner``, masks as weight
+    parametrizations). The record file is written atomically at setup, at every checkpoint and at
+    the end of fit; ``fit(ckpt_path=...)`` resumes with identical masks and channels, and a
+    checkpoint made under another N:M plan is refused. After fit, :attr:`compact_model` holds the
+    deployable network: channels physically removed, N:M zeros folded in.
+
+    Which ``channel_mode``:
+
+    - ``"mask"`` keeps every shape during fit (channels zeroed by masks). Each step costs as much
+      as a dense one, but the pruned channels can be inspected, and any optimizer/strategy works.
+    - ``"compact"`` removes the channels in ``setup``, before the optimizer is built: a smaller,
+      faster network trains (about half the step time at half the channels). Checkpoints hold the
+      compact weights and resume exactly; the record says how to rebuild the structure.
 
     Args:
         config: path to the retrain ``.cfg`` (protobuf text, AMCT's ``AMCTRetrainConfig`` fields).
@@ -41,24 +51,43 @@ class StructuredSparsityRetrain(Callback):
         target: attribute path of the network inside the LightningModule that the config's layer
             names refer to (e.g. ``"model"``); ``""`` means the LightningModule itself. With the bare
             network as target, the record also works with ``restore_prune_retrain_model``.
+        channel_mode: ``"mask"`` or ``"compact"``, see above.
+        input_shape: shape of one example input (e.g. ``[3, 32, 32]``) used to trace the network for
+            channel pruning; default: the LightningModule's ``example_input_array``.
 
-    Example (``cfg`` is the path of a 2:4 config)::
+    Example (``cfg`` is the path of a retrain config)::
 
         trainer = Trainer(callbacks=[StructuredSparsityRetrain(config=cfg, target="model")])
         trainer.fit(module, datamodule=data)
+        small = trainer.callbacks[0].compact_model
     """
 
-    def __init__(self, config: str, record_file: str | None = None, target: str = "") -> None:
+    def __init__(
+        self,
+        config: str,
+        record_file: str | None = None,
+        target: str = "",
+        channel_mode: str = "mask",
+        input_shape: list[int] | None = None,
+    ) -> None:
         if not isinstance(config, (str, os.PathLike)):
             raise TypeError(
                 f"StructuredSparsityRetrain(config={config!r}): expected the path of a .cfg file."
             )
+        if channel_mode not in CHANNEL_MODES:
+            raise ValueError(
+                f"StructuredSparsityRetrain(channel_mode={channel_mode!r}): expected one of {CHANNEL_MODES}."
+            )
         self.config_path = os.fspath(config)
         self.record_file = os.fspath(record_file) if record_file is not None else None
         self.target = target
+        self.channel_mode = channel_mode
+        self.input_shape = list(input_shape) if input_shape is not None else None
+        self.pruning: Pruning | None = None
         self.sparse_layers: list[str] = []
-        self._plan: dict[str, list[int]] = {}
-        self._fingerprint = None
+        self.compact_model: nn.Module | None = None
+        self._nm_plan: dict[str, list[int]] = {}
+        self._restore_hook_owner: pl.LightningModule | None = None
 
     @property
     def state_key(self) -> str:
@@ -67,26 +96,26 @@ class StructuredSparsityRetrain(Callback):
 
     # ---- hooks: orchestration only ----
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
+        if stage != "fit" or self.pruning is not None:
             return
         network = self._network(pl_module)
         if self.record_file is None:
             self.record_file = os.path.join(trainer.default_root_dir, "prune_record.txt")
-        if nm_sparse_layers(network):
-            return  # already set up by an earlier fit with this callback
-        self._fingerprint = model_fingerprint(network)
-        specs = RetrainConfig.from_file(self.config_path).resolve(network)
-        self._refuse_channel_specs(specs)
-        nm_specs = {name: spec for name, spec in specs.items() if isinstance(spec, NOutOfMSpec)}
-        self.sparse_layers = apply_nm_sparsity(network, nm_specs)
+        self.pruning = Pruning.from_config(
+            network, RetrainConfig.from_file(self.config_path), self._inputs(pl_module)
+        )
+        if trainer.world_size > 1:  # ranks may start from different weights: all follow rank 0
+            self.pruning.channel_plan = trainer.strategy.broadcast(self.pruning.channel_plan, src=0)
+        self.sparse_layers = self.pruning.apply(network, self.channel_mode)
         self._share_rank_zero_masks(trainer, network)
-        self._plan = {
-            name: [mask.n, mask.m, mask.axis, mask.update_freq]
-            for name, mask in nm_sparse_layers(network).items()
+        self._nm_plan = {
+            name: [m.n, m.m, m.axis, m.update_freq] for name, m in nm_sparse_layers(network).items()
         }
+        self._restore_before_weights_load(pl_module)
         rank_zero_info(
-            f"`StructuredSparsityRetrain`: N:M sparsity on {len(self.sparse_layers)} layers; "
-            f"record: {self.record_file}"
+            f"`StructuredSparsityRetrain`: {self.pruning.pruned_channels} channels in "
+            f"{len(self.pruning.channel_plan)} groups ({self.channel_mode}), N:M on {len(self.sparse_layers)} "
+            f"layers; record: {self.record_file}"
         )
         self._write_record(trainer, network)
 
@@ -99,24 +128,37 @@ class StructuredSparsityRetrain(Callback):
         network = self._network(pl_module)
         zero_masked_weights(network)
         self._write_record(trainer, network)
+        self.compact_model = export_pruned_model(network)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._restore_hook_owner is not None:
+            vars(self._restore_hook_owner).pop("on_load_checkpoint", None)
+            self._restore_hook_owner = None
 
     # ---- state ----
     def state_dict(self) -> dict[str, Any]:
-        return {"version": _STATE_VERSION, "target": self.target, "layers": self._plan}
+        channel_record = self.pruning.channel_record() if self.pruning is not None else PruneRecord()
+        return {
+            "version": _STATE_VERSION,
+            "target": self.target,
+            "channel_mode": self.channel_mode,
+            "layers": self._nm_plan,
+            "channel_record": text_format.MessageToString(channel_record),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = {name: list(pattern) for name, pattern in state_dict.get("layers", {}).items()}
-        if not self._plan:  # not set up yet: adopt the saved plan, setup will compare against it
-            self._plan = saved
+        if not self._nm_plan:  # not set up yet: adopt the saved plan, setup will compare against it
+            self._nm_plan = saved
             return
-        if saved != self._plan:
+        if saved != self._nm_plan:
             differing = sorted(
-                name for name in saved.keys() | self._plan.keys() if saved.get(name) != self._plan.get(name)
+                n for n in saved.keys() | self._nm_plan.keys() if saved.get(n) != self._nm_plan.get(n)
             )
             raise ValueError(
                 f"`StructuredSparsityRetrain`: the checkpoint was made with another pruning plan than "
                 f"{self.config_path} gives (layer '{differing[0]}': checkpoint {saved.get(differing[0])}, "
-                f"config {self._plan.get(differing[0])}; pattern = [n, m, axis, update_freq]). "
+                f"config {self._nm_plan.get(differing[0])}; pattern = [n, m, axis, update_freq]). "
                 "HINT: resume with the .cfg the checkpoint was trained with."
             )
 
@@ -134,6 +176,12 @@ class StructuredSparsityRetrain(Callback):
                 "the network, or target='' for the LightningModule itself."
             ) from error
 
+    def _inputs(self, pl_module: pl.LightningModule) -> tuple | None:
+        if self.input_shape is not None:
+            return example_inputs_from_shape(self.input_shape)
+        example = getattr(pl_module, "example_input_array", None)
+        return None if example is None else as_input_tuple(example)
+
     def _share_rank_zero_masks(self, trainer: pl.Trainer, network: nn.Module) -> None:
         # Ranks may hold different initial weights; every rank must prune the same weights.
         masks = nm_sparse_layers(network)
@@ -144,18 +192,52 @@ class StructuredSparsityRetrain(Callback):
             for name, mask in masks.items():
                 mask.mask.copy_(chosen[name])
 
-    def _refuse_channel_specs(self, specs: dict) -> None:
-        channel_layers = [name for name, spec in specs.items() if isinstance(spec, FilterPruneSpec)]
-        if channel_layers:
+    def _restore_before_weights_load(self, pl_module: pl.LightningModule) -> None:
+        """Chain onto the module's ``on_load_checkpoint``, the one hook Lightning calls before weights load.
+
+        A resumed fit must prune the channels the checkpoint's run pruned, not the ones this run's
+        fresh weights would suggest; callback hooks run only after the weights are loaded.
+        """
+        original: Callable[[dict], None] = pl_module.on_load_checkpoint
+
+        def on_load_checkpoint(checkpoint: dict) -> None:
+            self._adopt_checkpoint_channels(pl_module, checkpoint)
+            original(checkpoint)
+
+        pl_module.on_load_checkpoint = on_load_checkpoint
+        self._restore_hook_owner = pl_module
+
+    def _adopt_checkpoint_channels(self, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if not state or not self.pruning or not self.pruning.analysis:
+            return
+        saved = text_format.Parse(state["channel_record"], PruneRecord())
+        plan = records_to_plan(self.pruning.analysis, saved.channel_group)
+        if plan == self.pruning.channel_plan:
+            return
+        if self.channel_mode == "mask":
+            apply_channel_masks(self._network(pl_module), self.pruning.analysis, plan)
+        else:
+            self._check_same_compact_shapes(plan)
+        self.pruning.channel_plan = plan
+
+    def _check_same_compact_shapes(self, plan: dict) -> None:
+        # The compact network was built from this run's plan; the checkpoint's weights fit it only
+        # when every layer lost as many channels (always so for the same config).
+        mine = {
+            name: {ax: len(i) for ax, i in axes.items()}
+            for name, axes in layer_indices(self.pruning.analysis, self.pruning.channel_plan).items()
+        }
+        theirs = {
+            name: {ax: len(i) for ax, i in axes.items()}
+            for name, axes in layer_indices(self.pruning.analysis, plan).items()
+        }
+        if mine != theirs:
             raise ValueError(
-                f"`StructuredSparsityRetrain`: {self.config_path} asks for channel pruning (filter_pruner) of "
-                f"{', '.join(channel_layers[:5])}; this build supports n_out_of_m_pruner only. "
-                "HINT: use an n_out_of_m_pruner config."
+                "`StructuredSparsityRetrain`: the checkpoint's channel pruning has other channel counts than "
+                f"{self.config_path} gives. HINT: resume with the .cfg the checkpoint was trained with."
             )
 
     def _write_record(self, trainer: pl.Trainer, network: nn.Module) -> None:
-        if not trainer.is_global_zero or self._fingerprint is None:
-            return
-        record = PruneRecord(fingerprint=self._fingerprint, config_file=self.config_path)
-        record.n_out_of_m.extend(nm_records(network))
-        write_record(self.record_file, record)
+        if trainer.is_global_zero and self.pruning is not None:
+            write_record(self.record_file, self.pruning.record(network))

@@ -1,0 +1,173 @@
+import copy
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from coupling.zoo import make
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_prune.callbacks.structured_sparsity import StructuredSparsityRetrain
+from lightning_prune.channel_masks import has_channel_masks
+from lightning_prune.proto import PruneRecord
+from lightning_prune.pruning import Pruning
+from lightning_prune.record import read_record
+
+CHANNEL_CFG = "prune_config { filter_pruner { balanced_l2_norm_filter_prune { prune_ratio: 0.5 ascend_optimized: false } } }\n"
+
+
+class ZooModule(pl.LightningModule):
+    def __init__(self, name="resnet_basic", seed=0):
+        super().__init__()
+        self.model, example = make(name, seed)
+        self.model.train()
+        self.example_input_array = example
+        self.sample_shape = example.shape[1:]
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(5)
+        x = torch.randn(32, *self.sample_shape, generator=generator)
+        with torch.no_grad():
+            y = torch.randn(self.model.eval()(x[:1]).shape[1:], generator=generator).expand(32, -1).clone()
+        self.model.train()
+        return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def _cfg(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "channels.cfg"
+    path.write_text(CHANNEL_CFG)
+    return str(path)
+
+
+def _trainer(root, callbacks, max_epochs, **kwargs):
+    return pl.Trainer(
+        default_root_dir=root, max_epochs=max_epochs, callbacks=callbacks, accelerator="cpu", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, **kwargs,
+    )  # fmt: skip
+
+
+def _parameters(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "mobilenet_v2", "densenet"])
+def test_mask_mode_trains_masked_and_hands_over_an_equivalent_compact_model(tmp_path, name):
+    module = ZooModule(name)
+    dense_parameters = _parameters(module.model)
+    callback = StructuredSparsityRetrain(config=_cfg(tmp_path), target="model", channel_mode="mask")
+    _trainer(tmp_path, [callback], max_epochs=2, enable_checkpointing=False).fit(module)
+
+    assert has_channel_masks(module.model)
+    assert _parameters(module.model) == dense_parameters, "mask mode keeps every shape during fit"
+    compact = callback.compact_model
+    assert not has_channel_masks(compact)
+    assert _parameters(compact) < 0.8 * dense_parameters
+    x = module.example_input_array
+    torch.testing.assert_close(compact.eval()(x), module.model.eval()(x), rtol=1e-4, atol=1e-5)
+
+    record = read_record(tmp_path / "prune_record.txt")
+    assert len(record.channel_group) == len(callback.pruning.channel_plan) > 0
+    fresh, _ = make(name, seed=3)
+    Pruning.from_record(fresh, record, (x,), source="record").apply(fresh, "compact")
+    fresh.load_state_dict(torch.load(_saved(tmp_path, compact), weights_only=True))
+    torch.testing.assert_close(fresh.eval()(x), compact(x), rtol=0, atol=0)
+
+
+def _saved(tmp_path, module):
+    path = tmp_path / "compact.pt"
+    torch.save(module.state_dict(), path)
+    return path
+
+
+def test_compact_mode_trains_the_small_network(tmp_path):
+    module = ZooModule("resnet_bottleneck")
+    dense_parameters = _parameters(module.model)
+    callback = StructuredSparsityRetrain(config=_cfg(tmp_path), target="model", channel_mode="compact")
+    seen = {}
+
+    class Spy(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            optimizer_params = sum(p.numel() for g in trainer.optimizers[0].param_groups for p in g["params"])
+            seen.update(network=_parameters(pl_module.model), optimizer=optimizer_params)
+
+    _trainer(tmp_path, [callback, Spy()], max_epochs=1, enable_checkpointing=False).fit(module)
+    assert seen["network"] == seen["optimizer"] < 0.8 * dense_parameters
+    assert not has_channel_masks(module.model)
+    x = module.example_input_array
+    torch.testing.assert_close(callback.compact_model.eval()(x), module.model.eval()(x), rtol=0, atol=0)
+
+
+def _run(root, mode, max_epochs, seed, ckpt_path=None):
+    module = ZooModule("resnet_basic", seed=seed)
+    callback = StructuredSparsityRetrain(config=_cfg(root), target="model", channel_mode=mode)
+    checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1)
+    _trainer(root, [callback, checkpoint], max_epochs=max_epochs).fit(module, ckpt_path=ckpt_path)
+    return module, callback
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed from")
+@pytest.mark.parametrize("mode", ["mask", "compact"])
+def test_resume_restores_the_checkpoints_channels_even_from_other_initial_weights(tmp_path, mode):
+    uninterrupted, first = _run(tmp_path / "a", mode, max_epochs=3, seed=0)
+    _run(tmp_path / "b", mode, max_epochs=1, seed=0)
+    # A fresh model with other weights would pick other channels; the checkpoint's must win.
+    resumed, second = _run(
+        tmp_path / "c",
+        mode,
+        max_epochs=3,
+        seed=1,
+        ckpt_path=str(tmp_path / "b" / "ckpt" / "epoch=0-step=4.ckpt"),
+    )
+    assert second.pruning.channel_plan == first.pruning.channel_plan
+    for key, value in uninterrupted.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    record_a = read_record(tmp_path / "a" / "prune_record.txt")
+    record_c = read_record(tmp_path / "c" / "prune_record.txt")
+    assert list(record_a.channel_group) == list(record_c.channel_group)
+
+
+def test_channel_pruning_needs_example_inputs(tmp_path):
+    module = ZooModule()
+    module.example_input_array = None
+    callback = StructuredSparsityRetrain(config=_cfg(tmp_path), target="model")
+    with pytest.raises(
+        ValueError, match=r"needs example inputs to trace the model\. HINT: set `example_input_array`"
+    ):
+        _trainer(tmp_path, [callback], max_epochs=1).fit(module)
+
+
+def test_input_shape_argument_replaces_example_input_array(tmp_path):
+    module = ZooModule()
+    module.example_input_array = None
+    callback = StructuredSparsityRetrain(config=_cfg(tmp_path), target="model", input_shape=[3, 16, 16])
+    _trainer(tmp_path, [callback], max_epochs=1, enable_checkpointing=False).fit(module)
+    assert callback.pruning.channel_plan
+
+
+def test_unknown_channel_mode_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"channel_mode='fast'\): expected one of \('mask', 'compact'\)"):
+        StructuredSparsityRetrain(config=_cfg(tmp_path), channel_mode="fast")
+
+
+def test_state_carries_the_channel_record(tmp_path):
+    module = ZooModule()
+    callback = StructuredSparsityRetrain(config=_cfg(tmp_path), target="model")
+    _trainer(tmp_path, [callback], max_epochs=1, enable_checkpointing=False).fit(module)
+    state = copy.deepcopy(callback.state_dict())
+    from google.protobuf import text_format
+
+    saved = text_format.Parse(state["channel_record"], PruneRecord())
+    assert len(saved.channel_group) == len(callback.pruning.channel_plan)
+    assert saved.fingerprint.digest == callback.pruning.fingerprint.digest
