@@ -96,7 +96,8 @@ class StructuredSparsityRetrain(Callback):
 
     # ---- hooks: orchestration only ----
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.pruning is not None:
+        # Every stage prunes, so validate/test/predict can load a pruned checkpoint; only fit records.
+        if self.pruning is not None:
             return
         network = self._network(pl_module)
         if self.record_file is None:
@@ -117,7 +118,8 @@ class StructuredSparsityRetrain(Callback):
             f"{len(self.pruning.channel_plan)} groups ({self.channel_mode}), N:M on {len(self.sparse_layers)} "
             f"layers; record: {self.record_file}"
         )
-        self._write_record(trainer, network)
+        if stage == "fit":
+            self._write_record(trainer, network)
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
