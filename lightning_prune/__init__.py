@@ -13,17 +13,31 @@ from lightning_prune.callbacks.structured_sparsity import StructuredSparsityRetr
 from lightning_prune.config import FilterPruneSpec, NOutOfMSpec, RetrainConfig, load_retrain_config
 from lightning_prune.errors import PruneConfigError, RecordError
 from lightning_prune.export import export_onnx, export_pruned_model
+from lightning_prune.search import (
+    GreedySearch,
+    SearchChannelBase,
+    SearchResult,
+    SensitivityBase,
+    TaylorLossSensitivity,
+    auto_channel_prune_search,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FilterPruneSpec",
+    "GreedySearch",
     "NOutOfMSpec",
     "PruneConfigError",
     "RecordError",
     "RetrainConfig",
+    "SearchChannelBase",
+    "SearchResult",
+    "SensitivityBase",
     "StructuredSparsityRetrain",
+    "TaylorLossSensitivity",
     "__version__",
+    "auto_channel_prune_search",
     "create_prune_retrain_model",
     "export_onnx",
     "export_pruned_model",
