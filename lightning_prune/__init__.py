@@ -9,6 +9,7 @@ from lightning_prune.api import (
     restore_prune_retrain_model,
     save_prune_retrain_model,
 )
+from lightning_prune.callbacks.channel_prune_search import ChannelPruneSearch
 from lightning_prune.callbacks.structured_sparsity import StructuredSparsityRetrain
 from lightning_prune.config import FilterPruneSpec, NOutOfMSpec, RetrainConfig, load_retrain_config
 from lightning_prune.errors import PruneConfigError, RecordError
@@ -25,6 +26,7 @@ from lightning_prune.search import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelPruneSearch",
     "FilterPruneSpec",
     "GreedySearch",
     "NOutOfMSpec",

@@ -36,6 +36,7 @@ from lightning_prune.errors import RecordError
 from lightning_prune.proto import LayerSignature, ModelFingerprint, PruneRecord
 
 __all__ = [
+    "atomic_write",
     "RECORD_FORMAT_VERSION",
     "check_fingerprint",
     "model_fingerprint",
@@ -146,7 +147,7 @@ def _is_binary(path: Path) -> bool:
     return path.suffix == ".pb"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temp file in the same directory + ``os.replace``: readers see old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
@@ -181,7 +182,7 @@ def write_record(path: str | os.PathLike, record: PruneRecord) -> None:
     """
     path = Path(path)
     data = record.SerializeToString() if _is_binary(path) else text_format.MessageToString(record).encode()
-    _atomic_write(path, data)
+    atomic_write(path, data)
 
 
 def read_record(path: str | os.PathLike) -> PruneRecord:

@@ -46,7 +46,8 @@ class StructuredSparsityRetrain(Callback):
       compact weights and resume exactly; the record says how to rebuild the structure.
 
     Args:
-        config: path to the retrain ``.cfg`` (protobuf text, AMCT's ``AMCTRetrainConfig`` fields).
+        config: path to the retrain ``.cfg`` (protobuf text, AMCT's ``AMCTRetrainConfig`` fields); leave
+            it out when a ``ChannelPruneSearch`` earlier in the callbacks writes one.
         record_file: where to write the record; default ``<default_root_dir>/prune_record.txt``.
         target: attribute path of the network inside the LightningModule that the config's layer
             names refer to (e.g. ``"model"``); ``""`` means the LightningModule itself. With the bare
@@ -64,13 +65,13 @@ class StructuredSparsityRetrain(Callback):
 
     def __init__(
         self,
-        config: str,
+        config: str | None = None,
         record_file: str | None = None,
         target: str = "",
         channel_mode: str = "mask",
         input_shape: list[int] | None = None,
     ) -> None:
-        if not isinstance(config, (str, os.PathLike)):
+        if config is not None and not isinstance(config, (str, os.PathLike)):
             raise TypeError(
                 f"StructuredSparsityRetrain(config={config!r}): expected the path of a .cfg file."
             )
@@ -78,7 +79,7 @@ class StructuredSparsityRetrain(Callback):
             raise ValueError(
                 f"StructuredSparsityRetrain(channel_mode={channel_mode!r}): expected one of {CHANNEL_MODES}."
             )
-        self.config_path = os.fspath(config)
+        self.config_path = os.fspath(config) if config is not None else None
         self.record_file = os.fspath(record_file) if record_file is not None else None
         self.target = target
         self.channel_mode = channel_mode
@@ -100,6 +101,11 @@ class StructuredSparsityRetrain(Callback):
         if self.pruning is not None:
             return
         network = self._network(pl_module)
+        if self.config_path is None:
+            raise ValueError(
+                "`StructuredSparsityRetrain` has no config. HINT: pass config='<retrain .cfg>', or put a "
+                "ChannelPruneSearch with the same target before it in the Trainer's callbacks."
+            )
         if self.record_file is None:
             self.record_file = os.path.join(trainer.default_root_dir, "prune_record.txt")
         self.pruning = Pruning.from_config(

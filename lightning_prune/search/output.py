@@ -15,7 +15,7 @@ from lightning_prune.config import RetrainConfig
 from lightning_prune.coupling.groups import CouplingAnalysis
 from lightning_prune.coupling.records import plan_to_records
 from lightning_prune.proto import AMCTRetrainConfig, PruneRecord
-from lightning_prune.record import model_fingerprint, write_record
+from lightning_prune.record import atomic_write, model_fingerprint, write_record
 from lightning_prune.search.macs import LayerMacs, Number
 
 __all__ = ["GroupSummary", "SearchResult", "record_path_for", "write_search_outputs"]
@@ -164,5 +164,5 @@ def write_search_outputs(model: nn.Module, analysis: CouplingAnalysis, plan: Map
     write_record(record_path, record)
     text = "".join(f"# {line}\n" for line in header.splitlines()) + text_format.MessageToString(cfg)
     Path(output_cfg).parent.mkdir(parents=True, exist_ok=True)
-    Path(output_cfg).write_text(text, encoding="utf-8")
+    atomic_write(Path(output_cfg), text.encode("utf-8"))
     return record_path

@@ -303,6 +303,10 @@ class TaylorLossSensitivity(SensitivityBase):
                             f"{type(loss_func).__name__}. HINT: pass e.g. torch.nn.CrossEntropyLoss().")
         self.loss_func = loss_func
 
+    def gradients(self, batches: Sequence[Batch], params: Sequence[nn.Parameter]) -> list[Tensor]:
+        """The loss gradient summed over ``batches``, per parameter; override to compute the loss another way."""
+        return accumulate_gradients(self.model, self.loss_func, batches, params)
+
     def get_sensitivity(self, groups: Sequence[ChannelGroup]) -> dict[int, Tensor]:
         """Taylor scores ``[group.channels]`` (float64) for every group; see the class docstring."""
         batches = split_batches(self.input_data, self.test_iteration)
@@ -314,7 +318,7 @@ class TaylorLossSensitivity(SensitivityBase):
                 if isinstance(p, nn.Parameter):
                     entries.setdefault(id(p), p)
         params = list(entries.values())
-        grads = dict(zip(entries, accumulate_gradients(self.model, self.loss_func, batches, params), strict=True))
+        grads = dict(zip(entries, self.gradients(batches, params), strict=True))
         axis_scores: dict[tuple[str, str], Tensor | None] = {}
         for name, module in modules.items():
             products = {}
