@@ -18,7 +18,9 @@ from lightning_prune.export import export_pruned_model
 from lightning_prune.proto import PruneRecord
 from lightning_prune.pruning import CHANNEL_MODES, Pruning, as_input_tuple, example_inputs_from_shape
 from lightning_prune.record import write_record
+from lightning_prune.search.macs import count_macs
 from lightning_prune.sparsity import nm_sparse_layers, zero_masked_weights
+from lightning_prune.summary import PruningSummary, count_parameters
 from lightning_prune.surgery import apply_channel_masks, records_to_plan
 
 __all__ = ["StructuredSparsityRetrain"]
@@ -87,6 +89,9 @@ class StructuredSparsityRetrain(Callback):
         self.pruning: Pruning | None = None
         self.sparse_layers: list[str] = []
         self.compact_model: nn.Module | None = None
+        self.summary: PruningSummary | None = None
+        self._dense_size: tuple[int, float] | None = None
+        self._validations: list[dict[str, float]] = []
         self._nm_plan: dict[str, list[int]] = {}
         self._restore_hook_owner: pl.LightningModule | None = None
 
@@ -108,8 +113,11 @@ class StructuredSparsityRetrain(Callback):
             )
         if self.record_file is None:
             self.record_file = os.path.join(trainer.default_root_dir, "prune_record.txt")
+        inputs = self._inputs(pl_module)
+        if inputs is not None:
+            self._dense_size = (count_parameters(network), count_macs(network, inputs))
         self.pruning = Pruning.from_config(
-            network, RetrainConfig.from_file(self.config_path), self._inputs(pl_module)
+            network, RetrainConfig.from_file(self.config_path), inputs
         )
         if trainer.world_size > 1:  # ranks may start from different weights: all follow rank 0
             self.pruning.channel_plan = trainer.strategy.broadcast(self.pruning.channel_plan, src=0)
@@ -132,11 +140,39 @@ class StructuredSparsityRetrain(Callback):
     ) -> None:
         self._write_record(trainer, self._network(pl_module))
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            metrics = trainer.callback_metrics
+            self._validations.append({k: float(v) for k, v in metrics.items() if k.startswith("val") and v.numel() == 1})
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         network = self._network(pl_module)
         zero_masked_weights(network)
         self._write_record(trainer, network)
         self.compact_model = export_pruned_model(network)
+        self._summarize(trainer, pl_module)
+
+    def _summarize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Console table and logger metrics: sizes and MACs before/after, first and last validation."""
+        inputs = self._inputs(pl_module)
+        if self._dense_size is None or inputs is None:
+            return
+        compact = self.compact_model
+        self.summary = PruningSummary(
+            params_before=self._dense_size[0],
+            params_after=count_parameters(compact),
+            macs_before=self._dense_size[1],
+            macs_after=count_macs(compact, inputs),
+            nonzero_params_after=sum(int((p != 0).sum()) for p in compact.parameters()) if self.sparse_layers else None,
+            metrics_before=self._validations[0] if self._validations else {},
+            metrics_after=self._validations[-1] if len(self._validations) > 1 else {},
+            files={"record": os.fspath(self.record_file)},
+        )
+        rank_zero_info("`StructuredSparsityRetrain` summary (metrics: first and last validation of the fit)\n"
+                       + self.summary.table())  # fmt: skip
+        for logger in trainer.loggers:
+            logger.log_metrics(self.summary.metrics(), step=trainer.global_step)
+            logger.save()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._restore_hook_owner is not None:

@@ -171,3 +171,32 @@ def test_state_carries_the_channel_record(tmp_path):
     saved = text_format.Parse(state["channel_record"], PruneRecord())
     assert len(saved.channel_group) == len(callback.pruning.channel_plan)
     assert saved.fingerprint.digest == callback.pruning.fingerprint.digest
+
+
+def test_end_of_fit_summary_reports_sizes_macs_and_validation(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_prune.demos import ImageClassifier, RandomImageDataModule
+    from lightning_prune.search import count_macs
+
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(CHANNEL_CFG)
+    module = ImageClassifier(arch="small_resnet", lr=0.01)
+    callback = StructuredSparsityRetrain(config=str(cfg), target="model", channel_mode="compact")
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=2, callbacks=[callback], accelerator="cpu", logger=CSVLogger(tmp_path),
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1,
+    )  # fmt: skip
+    dense_macs = count_macs(module.model, module.example_input_array)
+    trainer.fit(module, datamodule=RandomImageDataModule(num_samples=64, batch_size=16))
+    summary = callback.summary
+    assert summary.params_before == _parameters(ImageClassifier().model)
+    assert summary.params_after == _parameters(module.model) < summary.params_before
+    assert summary.macs_before == dense_macs
+    assert summary.compress_ratio == pytest.approx(dense_macs / count_macs(module.model, module.example_input_array))
+    assert set(summary.metrics_before) >= {"val_acc", "val_loss"}
+    assert set(summary.metrics_after) >= {"val_acc", "val_loss"}
+    assert "parameters" in summary.table()
+    assert "prune_record.txt" in summary.table()
+    logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "prune/compress_ratio" in logged
