@@ -106,7 +106,9 @@ def main() -> None:
     one_shot_acc = one_shot_2to4(args, data)
 
     module = load_dense(args, lr=args.retrain_lr, max_epochs_for_schedule=args.retrain_epochs)
-    sparsity = StructuredSparsityRetrain(config=args.config, record_file=str(args.out / "record.txt"), target="model")
+    sparsity = StructuredSparsityRetrain(
+        config=args.config, record_file=str(args.out / "record.txt"), target="model"
+    )
     started = time.perf_counter()
     make_trainer(args.out, args.retrain_epochs, [sparsity]).fit(module, datamodule=data)
     retrain_seconds = time.perf_counter() - started

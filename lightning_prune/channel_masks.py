@@ -62,7 +62,7 @@ def layer_masks(module: nn.Module, name: str, axes: dict[str, list[int]]) -> dic
                 w_in, rows = w.shape[1], w.shape[0] // groups
                 for c in in_idx:
                     j, p = divmod(c, w_in)
-                    mask[j * rows:(j + 1) * rows, p] = 0
+                    mask[j * rows : (j + 1) * rows, p] = 0
         masks["weight"] = mask
         if module.bias is not None and out_idx:
             bias = torch.ones_like(module.bias)
@@ -75,8 +75,10 @@ def layer_masks(module: nn.Module, name: str, axes: dict[str, list[int]]) -> dic
             masks["weight"] = keep
             masks["bias"] = keep.clone()
     else:
-        raise TypeError(f"Layer '{name}' ({type(module).__name__}) cannot be channel-masked; only Conv2d, "
-                        "ConvTranspose2d, Linear and BatchNorm/InstanceNorm layers can.")
+        raise TypeError(
+            f"Layer '{name}' ({type(module).__name__}) cannot be channel-masked; only Conv2d, "
+            "ConvTranspose2d, Linear and BatchNorm/InstanceNorm layers can."
+        )
     return masks
 
 
@@ -127,8 +129,10 @@ def has_channel_masks(model: nn.Module) -> bool:
     """Whether any layer of ``model`` carries a :class:`ChannelMask`."""
     return any(
         isinstance(p, ChannelMask)
-        for m in model.modules() if parametrize.is_parametrized(m)
-        for plist in m.parametrizations.values() for p in plist
+        for m in model.modules()
+        if parametrize.is_parametrized(m)
+        for plist in m.parametrizations.values()
+        for p in plist
     )
 
 
@@ -154,8 +158,10 @@ def remove_channel_masks(model: nn.Module, leave_parametrized: bool = True) -> n
             if not any(isinstance(p, ChannelMask) for p in plist):
                 continue
             if not all(isinstance(p, ChannelMask) for p in plist):
-                raise ValueError(f"Layer '{name}'.{pname} has a channel mask and other parametrizations "
-                                 f"({[type(p).__name__ for p in plist]}); remove the others first.")
+                raise ValueError(
+                    f"Layer '{name}'.{pname} has a channel mask and other parametrizations "
+                    f"({[type(p).__name__ for p in plist]}); remove the others first."
+                )
             _own_class(m)
             parametrize.remove_parametrizations(m, pname, leave_parametrized=leave_parametrized)
     return model

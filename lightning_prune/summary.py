@@ -66,10 +66,24 @@ class PruningSummary:
         if self.nonzero_params_after is not None:
             rows.append(("nonzero", f"{self.params_before:,}", f"{self.nonzero_params_after:,}",
                          f"{self.params_before / max(self.nonzero_params_after, 1):.2f}x"))  # fmt: skip
-        rows.append(("MACs/sample", f"{self.macs_before:,.0f}", f"{self.macs_after:,.0f}", f"{self.compress_ratio:.2f}x"))
+        rows.append(
+            (
+                "MACs/sample",
+                f"{self.macs_before:,.0f}",
+                f"{self.macs_after:,.0f}",
+                f"{self.compress_ratio:.2f}x",
+            )
+        )
         for key in sorted(self.metrics_before.keys() | self.metrics_after.keys()):
             before, after = self.metrics_before.get(key), self.metrics_after.get(key)
-            rows.append((key, "-" if before is None else f"{before:.4f}", "-" if after is None else f"{after:.4f}", ""))
+            rows.append(
+                (
+                    key,
+                    "-" if before is None else f"{before:.4f}",
+                    "-" if after is None else f"{after:.4f}",
+                    "",
+                )
+            )
         lines = [f"{a:<12} {b:>10} {c:>10} {d:>7}" for a, b, c, d in rows]
         lines += [f"{name}: {path}" for name, path in self.files.items()]
         return "\n".join(lines)

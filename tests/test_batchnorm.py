@@ -33,5 +33,7 @@ def test_model_without_batchnorm_is_left_alone():
 
 def test_unusable_batches_are_named():
     net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    with pytest.raises(TypeError, match=r"a batch must be a tensor or an \(inputs, labels, \.\.\.\) sequence, got dict"):
+    with pytest.raises(
+        TypeError, match=r"a batch must be a tensor or an \(inputs, labels, \.\.\.\) sequence, got dict"
+    ):
         recalibrate_batchnorm(net, [{"x": torch.randn(2, 2)}])

@@ -116,9 +116,7 @@ class StructuredSparsityRetrain(Callback):
         inputs = self._inputs(pl_module)
         if inputs is not None:
             self._dense_size = (count_parameters(network), count_macs(network, inputs))
-        self.pruning = Pruning.from_config(
-            network, RetrainConfig.from_file(self.config_path), inputs
-        )
+        self.pruning = Pruning.from_config(network, RetrainConfig.from_file(self.config_path), inputs)
         if trainer.world_size > 1:  # ranks may start from different weights: all follow rank 0
             self.pruning.channel_plan = trainer.strategy.broadcast(self.pruning.channel_plan, src=0)
         self.sparse_layers = self.pruning.apply(network, self.channel_mode)
@@ -143,7 +141,9 @@ class StructuredSparsityRetrain(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             metrics = trainer.callback_metrics
-            self._validations.append({k: float(v) for k, v in metrics.items() if k.startswith("val") and v.numel() == 1})
+            self._validations.append(
+                {k: float(v) for k, v in metrics.items() if k.startswith("val") and v.numel() == 1}
+            )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         network = self._network(pl_module)
@@ -163,7 +163,9 @@ class StructuredSparsityRetrain(Callback):
             params_after=count_parameters(compact),
             macs_before=self._dense_size[1],
             macs_after=count_macs(compact, inputs),
-            nonzero_params_after=sum(int((p != 0).sum()) for p in compact.parameters()) if self.sparse_layers else None,
+            nonzero_params_after=sum(int((p != 0).sum()) for p in compact.parameters())
+            if self.sparse_layers
+            else None,
             metrics_before=self._validations[0] if self._validations else {},
             metrics_after=self._validations[-1] if len(self._validations) > 1 else {},
             files={"record": os.fspath(self.record_file)},

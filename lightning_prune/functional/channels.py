@@ -37,8 +37,10 @@ def balanced_l2_scores(weights: list[Tensor]) -> Tensor:
         raise ValueError("balanced_l2_scores: expected at least one producer weight, got none.")
     channels = {w.shape[0] for w in weights}
     if len(channels) != 1:
-        raise ValueError(f"balanced_l2_scores: producers disagree on output channels: {sorted(channels)}. "
-                         "HINT: pass the weights of one channel group only.")
+        raise ValueError(
+            f"balanced_l2_scores: producers disagree on output channels: {sorted(channels)}. "
+            "HINT: pass the weights of one channel group only."
+        )
     scores = []
     for w in weights:
         flat = w.detach().reshape(w.shape[0], -1).float()
@@ -76,14 +78,18 @@ def channels_to_keep(channels: int, prune_ratio: float, multiple: int = 1, group
         (1, 4)
     """
     if not 0.0 <= prune_ratio < 1.0:
-        raise ValueError(f"channels_to_keep: prune_ratio must be in [0, 1), got {prune_ratio}. "
-                         "HINT: 0.3 removes 30% of the channels.")
+        raise ValueError(
+            f"channels_to_keep: prune_ratio must be in [0, 1), got {prune_ratio}. "
+            "HINT: 0.3 removes 30% of the channels."
+        )
     if multiple < 1 or group < 1:
-        raise ValueError(f"channels_to_keep: multiple and group must be >= 1, got multiple={multiple}, "
-                         f"group={group}.")
+        raise ValueError(
+            f"channels_to_keep: multiple and group must be >= 1, got multiple={multiple}, group={group}."
+        )
     if channels % group:
-        raise ValueError(f"channels_to_keep: {channels} channels are not divisible into {group} grouped-conv "
-                         "slices.")
+        raise ValueError(
+            f"channels_to_keep: {channels} channels are not divisible into {group} grouped-conv slices."
+        )
     kept = channels - round(channels * prune_ratio)
     if multiple > 1:
         kept = max(multiple, math.ceil(kept / multiple) * multiple)
@@ -120,15 +126,19 @@ def select_pruned_channels(scores: Tensor, n_prune: int, group: int = 1) -> Tens
     """
     channels = scores.numel()
     if channels % group or n_prune % group:
-        raise ValueError(f"select_pruned_channels: {channels} channels and n_prune={n_prune} must both be "
-                         f"divisible by group={group}.")
+        raise ValueError(
+            f"select_pruned_channels: {channels} channels and n_prune={n_prune} must both be "
+            f"divisible by group={group}."
+        )
     if not 0 <= n_prune < channels:
-        raise ValueError(f"select_pruned_channels: n_prune={n_prune} must be in [0, {channels}); at least one "
-                         "channel must be kept.")
+        raise ValueError(
+            f"select_pruned_channels: n_prune={n_prune} must be in [0, {channels}); at least one "
+            "channel must be kept."
+        )
     width, per = channels // group, n_prune // group
     picks = []
     for j in range(group):
-        part = scores[j * width:(j + 1) * width].float()
+        part = scores[j * width : (j + 1) * width].float()
         # stable: ties go to the lower index
         order = torch.sort(part, stable=True).indices[:per]
         picks.append(order + j * width)

@@ -62,12 +62,16 @@ def _resolve(argument: str, value: object, registry: Mapping[str, type], base: t
     """A registered name → a fresh instance; an instance of ``base`` → itself."""
     if isinstance(value, str):
         if value not in registry:
-            raise ValueError(f"{_FUNCTION}: {argument}={value!r} is not supported; valid names: "
-                             f"{', '.join(map(repr, registry))}, or an instance of a {base.__name__} subclass.")
+            raise ValueError(
+                f"{_FUNCTION}: {argument}={value!r} is not supported; valid names: "
+                f"{', '.join(map(repr, registry))}, or an instance of a {base.__name__} subclass."
+            )
         return registry[value]()
     if isinstance(value, type) and issubclass(value, base):
-        raise TypeError(f"{_FUNCTION}: {argument} is the class {value.__name__}; pass an instance, "
-                        f"{argument}={value.__name__}().")
+        raise TypeError(
+            f"{_FUNCTION}: {argument} is the class {value.__name__}; pass an instance, "
+            f"{argument}={value.__name__}()."
+        )
     _check_type(argument, value, (str, base))
     return value
 
@@ -89,7 +93,9 @@ class _UserSettings:
     def lists(self, name: str, module: nn.Module) -> bool:
         """Whether the user's file mentions this layer (skip or override, by name or by type)."""
         kind = layer_type_name(module)
-        return name in self.skip_names or name in self.by_name or kind in self.skip_types or kind in self.by_type
+        return (
+            name in self.skip_names or name in self.by_name or kind in self.skip_types or kind in self.by_type
+        )
 
     def skips(self, name: str, module: nn.Module) -> bool:
         """Whether a skip list names this layer or its type: its output channels all stay."""
@@ -124,20 +130,25 @@ def _read_user_settings(path: str, model: nn.Module) -> _UserSettings:
     user.by_type = {e.layer_type: _bcp_spec(e.prune_config) for e in proto.override_layer_types}
     layers = [name for name, _ in iter_layers(model)]
     known = set(layers)
-    named = [*(("skip_layers", n) for n in proto.skip_layers),
-             *(("regular_prune_skip_layers", n) for n in proto.regular_prune_skip_layers),
-             *(("override_layer_configs.layer_name", n) for n in user.by_name)]
+    named = [
+        *(("skip_layers", n) for n in proto.skip_layers),
+        *(("regular_prune_skip_layers", n) for n in proto.regular_prune_skip_layers),
+        *(("override_layer_configs.layer_name", n) for n in user.by_name),
+    ]
     for where, name in named:
         if name not in known:
             close = difflib.get_close_matches(name, layers, n=3, cutoff=0.5)
             guess = f"did you mean {', '.join(map(repr, close))}? " if close else ""
-            raise PruneConfigError(f"{path}: `{where}` names layer \"{name}\", which the model does not have. "
-                                   f"HINT: {guess}use names from model.named_modules().")
+            raise PruneConfigError(
+                f'{path}: `{where}` names layer "{name}", which the model does not have. '
+                f"HINT: {guess}use names from model.named_modules()."
+            )
     return user
 
 
-def _split_groups(model: nn.Module, analysis: CouplingAnalysis, user: _UserSettings
-                  ) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
+def _split_groups(
+    model: nn.Module, analysis: CouplingAnalysis, user: _UserSettings
+) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
     """(searchable groups, groups whose producers the user configured)."""
     searchable, configured = [], []
     for g in analysis.prunable_groups:
@@ -172,7 +183,9 @@ def _user_plan(model: nn.Module, groups: Sequence[ChannelGroup], user: _UserSett
 
 def _checked_scores(scores: object, groups: Sequence[ChannelGroup], who: str) -> dict[int, Tensor]:
     if not isinstance(scores, Mapping):
-        raise TypeError(f"{who}.get_sensitivity must return {{group id: tensor}}, got {type(scores).__name__}.")
+        raise TypeError(
+            f"{who}.get_sensitivity must return {{group id: tensor}}, got {type(scores).__name__}."
+        )
     out = {}
     for g in groups:
         label = f"{who}.get_sensitivity: channel group {g.id} (producers {', '.join(p.name for p in g.producers)})"
@@ -180,20 +193,28 @@ def _checked_scores(scores: object, groups: Sequence[ChannelGroup], who: str) ->
             raise ValueError(f"{label} has no scores. HINT: return one tensor per group passed in.")
         s = torch.as_tensor(scores[g.id]).detach().to("cpu", torch.float64)
         if tuple(s.shape) != (g.channels,):
-            raise ValueError(f"{label}: expected shape [{g.channels}] (one score per channel), got {list(s.shape)}.")
+            raise ValueError(
+                f"{label}: expected shape [{g.channels}] (one score per channel), got {list(s.shape)}."
+            )
         if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
-            raise ValueError(f"{label}: scores must be finite and >= 0, got min {float(s.min())}, max "
-                             f"{float(s.max())}. HINT: use magnitudes, e.g. .abs().")
+            raise ValueError(
+                f"{label}: scores must be finite and >= 0, got min {float(s.min())}, max "
+                f"{float(s.max())}. HINT: use magnitudes, e.g. .abs()."
+            )
         out[g.id] = s
     return out
 
 
-def _no_search_space(analysis: CouplingAnalysis, configured: Sequence[ChannelGroup], user: _UserSettings) -> str:
+def _no_search_space(
+    analysis: CouplingAnalysis, configured: Sequence[ChannelGroup], user: _UserSettings
+) -> str:
     blocked = len(analysis.groups) - len(analysis.prunable_groups)
-    return (f"{_FUNCTION}: no channel group is left to search: the model has {len(analysis.groups)} channel groups, "
-            f"{blocked} not prunable, {len(configured)} set by override_prune_cfg {user.source or '(none)'}, the rest "
-            "produced by layers filter_pruner cannot prune. HINT: see analyze_coupling(model, inputs).report(), and "
-            "leave at least one Conv2d/Linear producer out of override_prune_cfg.")
+    return (
+        f"{_FUNCTION}: no channel group is left to search: the model has {len(analysis.groups)} channel groups, "
+        f"{blocked} not prunable, {len(configured)} set by override_prune_cfg {user.source or '(none)'}, the rest "
+        "produced by layers filter_pruner cannot prune. HINT: see analyze_coupling(model, inputs).report(), and "
+        "leave at least one Conv2d/Linear producer out of override_prune_cfg."
+    )
 
 
 # ---- the API -----------------------------------------------------------------------------------------
@@ -279,7 +300,9 @@ def auto_channel_prune_search(
     timings, clock = {}, time.perf_counter()
     analysis = analyze_coupling(model, example)
     timings["analysis"], clock = time.perf_counter() - clock, time.perf_counter()
-    layers = macs_from_trace(analysis.trace, 1) if analysis.trace is not None else measure_macs(model, example)
+    layers = (
+        macs_from_trace(analysis.trace, 1) if analysis.trace is not None else measure_macs(model, example)
+    )
     timings["macs"], clock = time.perf_counter() - clock, time.perf_counter()
 
     searchable, configured = _split_groups(model, analysis, user)
@@ -292,8 +315,9 @@ def auto_channel_prune_search(
 
     multiple = cfg.channel_multiple or (16 if cfg.ascend_optimized else 1)
     target = _decimal(cfg.compress_ratio)
-    problem = SearchProblem(analysis, searchable, scores, layers, target, multiple,
-                            _decimal(cfg.max_prune_ratio), fixed_plan)
+    problem = SearchProblem(
+        analysis, searchable, scores, layers, target, multiple, _decimal(cfg.max_prune_ratio), fixed_plan
+    )
     searched = problem.check_plan(search.channel_prune_search(problem), type(search).__name__)
     timings["search"], clock = time.perf_counter() - clock, time.perf_counter()
 
@@ -301,23 +325,48 @@ def auto_channel_prune_search(
     final = problem.macs(searched)
     achieved = problem.original_macs / final
     if not plan:
-        raise PruneConfigError(f"{_FUNCTION}: compress_ratio {target} is not reachable: no channel can be removed, "
-                               f"every searchable group is at its limit (channel multiple {multiple}, max_prune_ratio "
-                               f"{problem.max_prune_ratio}, at least one channel kept). HINT: set ascend_optimized: "
-                               "false or a smaller channel_multiple, or raise max_prune_ratio.")
+        raise PruneConfigError(
+            f"{_FUNCTION}: compress_ratio {target} is not reachable: no channel can be removed, "
+            f"every searchable group is at its limit (channel multiple {multiple}, max_prune_ratio "
+            f"{problem.max_prune_ratio}, at least one channel kept). HINT: set ascend_optimized: "
+            "false or a smaller channel_multiple, or raise max_prune_ratio."
+        )
     if achieved < target:
-        warnings.warn(f"{_FUNCTION}: compress_ratio {target} is not reachable under the config's limits; the best "
-                      f"ratio reached is {achieved:.4f} ({problem.original_macs} -> {final} MACs). HINT: raise "
-                      "max_prune_ratio, lower the channel multiple (ascend_optimized: false or channel_multiple), "
-                      "or shrink override_prune_cfg; the written cfg holds the best plan found.",
-                      UserWarning, stacklevel=2)
-    out_cfg = build_output_config(analysis, searched, user.proto, cfg.ascend_optimized, cfg.channel_multiple,
-                                  record_path_for(output_cfg).name)
-    header = (f"Written by lightning_prune auto_channel_prune_search from {os.fspath(config)}.\n"
-              f"compress_ratio target {target}, achieved {achieved:.4f} "
-              f"({problem.original_macs} -> {final} MACs per sample).")
+        warnings.warn(
+            f"{_FUNCTION}: compress_ratio {target} is not reachable under the config's limits; the best "
+            f"ratio reached is {achieved:.4f} ({problem.original_macs} -> {final} MACs). HINT: raise "
+            "max_prune_ratio, lower the channel multiple (ascend_optimized: false or channel_multiple), "
+            "or shrink override_prune_cfg; the written cfg holds the best plan found.",
+            UserWarning,
+            stacklevel=2,
+        )
+    out_cfg = build_output_config(
+        analysis,
+        searched,
+        user.proto,
+        cfg.ascend_optimized,
+        cfg.channel_multiple,
+        record_path_for(output_cfg).name,
+    )
+    header = (
+        f"Written by lightning_prune auto_channel_prune_search from {os.fspath(config)}.\n"
+        f"compress_ratio target {target}, achieved {achieved:.4f} "
+        f"({problem.original_macs} -> {final} MACs per sample)."
+    )
     record = write_search_outputs(model, analysis, plan, out_cfg, output_cfg, os.fspath(config), header)
     timings["write"] = time.perf_counter() - clock
-    rows = group_summaries(analysis, layers, plan, [g.id for g in searchable], scores, [g.id for g in configured])
-    return SearchResult(target, achieved, achieved >= target, problem.original_macs, final, rows, plan,
-                        os.fspath(output_cfg), os.fspath(record), timings)
+    rows = group_summaries(
+        analysis, layers, plan, [g.id for g in searchable], scores, [g.id for g in configured]
+    )
+    return SearchResult(
+        target,
+        achieved,
+        achieved >= target,
+        problem.original_macs,
+        final,
+        rows,
+        plan,
+        os.fspath(output_cfg),
+        os.fspath(record),
+        timings,
+    )

@@ -44,7 +44,11 @@ class _Layer:
 
     def macs(self, cin: int, cout: int) -> Number:
         total = self.unit * cin * cout
-        return total // self.groups if isinstance(total, int) and total % self.groups == 0 else total / self.groups
+        return (
+            total // self.groups
+            if isinstance(total, int) and total % self.groups == 0
+            else total / self.groups
+        )
 
 
 class _Group:
@@ -75,7 +79,9 @@ class _Group:
     def saving(self, size: int) -> Number:
         total: Number = 0
         for layer, d_in, d_out in self.links:
-            total += layer.macs(layer.cin, layer.cout) - layer.macs(layer.cin - size * d_in, layer.cout - size * d_out)
+            total += layer.macs(layer.cin, layer.cout) - layer.macs(
+                layer.cin - size * d_in, layer.cout - size * d_out
+            )
         return total
 
     def pruned_indices(self) -> list[int]:
@@ -164,7 +170,10 @@ class GreedySearch(SearchChannelBase):
         layers: dict[str, _Layer] = {}
         for name, cost in problem.layers.items():
             axes = fixed.get(name, {})
-            cin, cout = cost.in_channels - len(axes.get("in", [])), cost.out_channels - len(axes.get("out", []))
+            cin, cout = (
+                cost.in_channels - len(axes.get("in", [])),
+                cost.out_channels - len(axes.get("out", [])),
+            )
             if cost.depthwise:  # groups shrink with the channels: cost is linear in cout
                 layers[name] = _Layer(cost.positions * cost.kernel, 1, cout, 1)
             else:
@@ -191,4 +200,6 @@ class GreedySearch(SearchChannelBase):
         for i, g in enumerate(groups):
             for layer, _, _ in g.links:
                 users.setdefault(id(layer), set()).add(i)
-        return [sorted({i}.union(*(users[id(layer)] for layer, _, _ in g.links))) for i, g in enumerate(groups)]
+        return [
+            sorted({i}.union(*(users[id(layer)] for layer, _, _ in g.links))) for i, g in enumerate(groups)
+        ]

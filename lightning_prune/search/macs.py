@@ -57,8 +57,13 @@ def _exact(value: Number) -> Number:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def conv_macs(in_channels: int, out_channels: int, kernel_size: Sequence[int], output_size: Sequence[int],
-              groups: int = 1) -> int:
+def conv_macs(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: Sequence[int],
+    output_size: Sequence[int],
+    groups: int = 1,
+) -> int:
     """MACs of one convolution for one sample: output elements x ``Cin/groups`` x kernel elements.
 
     Example:
@@ -70,8 +75,13 @@ def conv_macs(in_channels: int, out_channels: int, kernel_size: Sequence[int], o
     return out_channels * math.prod(output_size) * (in_channels // groups) * math.prod(kernel_size)
 
 
-def conv_transpose_macs(in_channels: int, out_channels: int, kernel_size: Sequence[int],
-                        input_size: Sequence[int], groups: int = 1) -> int:
+def conv_transpose_macs(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: Sequence[int],
+    input_size: Sequence[int],
+    groups: int = 1,
+) -> int:
     """MACs of one transposed convolution for one sample: input elements x ``Cout/groups`` x kernel.
 
     Example:
@@ -148,9 +158,18 @@ _COST_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 def _layer_entry(name: str, module: nn.Module, positions: Number) -> LayerMacs:
     if isinstance(module, nn.Linear):
-        return LayerMacs(name, type(module).__name__, module.in_features, module.out_features, 1, 1, positions)
-    return LayerMacs(name, type(module).__name__, module.in_channels, module.out_channels, module.groups,
-                     math.prod(module.kernel_size), positions)
+        return LayerMacs(
+            name, type(module).__name__, module.in_features, module.out_features, 1, 1, positions
+        )
+    return LayerMacs(
+        name,
+        type(module).__name__,
+        module.in_channels,
+        module.out_channels,
+        module.groups,
+        math.prod(module.kernel_size),
+        positions,
+    )
 
 
 def _call_positions(module: nn.Module, input_numel: int, output_numel: int) -> int:
@@ -166,8 +185,9 @@ def _as_tuple(example_inputs: tuple | Tensor) -> tuple:
     return (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
 
 
-def measure_macs(model: nn.Module, example_inputs: tuple | Tensor, batch_size: int | None = None
-                 ) -> dict[str, LayerMacs]:
+def measure_macs(
+    model: nn.Module, example_inputs: tuple | Tensor, batch_size: int | None = None
+) -> dict[str, LayerMacs]:
     """Run ``model(*example_inputs)`` once and measure every Conv/ConvTranspose/Linear layer's cost.
 
     The forward runs in eval mode without gradients; training flags and buffers are restored,
@@ -196,8 +216,10 @@ def measure_macs(model: nn.Module, example_inputs: tuple | Tensor, batch_size: i
     if batch_size is None:
         tensors = [t for t in tree_flatten(inputs)[0] if isinstance(t, Tensor)]
         if not tensors or tensors[0].dim() == 0:
-            raise ValueError("measure_macs: cannot infer the batch size from example_inputs (no tensor with a "
-                             "batch dimension). HINT: pass batch_size=... explicitly.")
+            raise ValueError(
+                "measure_macs: cannot infer the batch size from example_inputs (no tensor with a "
+                "batch dimension). HINT: pass batch_size=... explicitly."
+            )
         batch_size = tensors[0].shape[0]
     if batch_size < 1:
         raise ValueError(f"measure_macs: batch_size must be >= 1, got {batch_size}.")
@@ -225,7 +247,9 @@ def measure_macs(model: nn.Module, example_inputs: tuple | Tensor, batch_size: i
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)
-    return {name: _layer_entry(name, modules[name], _exact(total / batch_size)) for name, total in calls.items()}
+    return {
+        name: _layer_entry(name, modules[name], _exact(total / batch_size)) for name, total in calls.items()
+    }
 
 
 def macs_from_trace(trace: Trace, batch_size: int) -> dict[str, LayerMacs]:
@@ -254,8 +278,12 @@ def macs_from_trace(trace: Trace, batch_size: int) -> dict[str, LayerMacs]:
         input_numel = math.prod(trace.values[node.inputs[0]].shape)
         output_numel = math.prod(trace.values[node.outputs[0]].shape)
         modules[node.target] = node.module
-        calls[node.target] = calls.get(node.target, 0) + _call_positions(node.module, input_numel, output_numel)
-    return {name: _layer_entry(name, modules[name], _exact(total / batch_size)) for name, total in calls.items()}
+        calls[node.target] = calls.get(node.target, 0) + _call_positions(
+            node.module, input_numel, output_numel
+        )
+    return {
+        name: _layer_entry(name, modules[name], _exact(total / batch_size)) for name, total in calls.items()
+    }
 
 
 def count_macs(model: nn.Module, example_inputs: tuple | Tensor, batch_size: int | None = None) -> Number:
@@ -297,6 +325,7 @@ def plan_macs(layers: Mapping[str, LayerMacs], analysis: CouplingAnalysis, plan:
     total: Number = 0
     for name, layer in layers.items():
         axes = removed.get(name, {})
-        total += layer.macs_with(layer.in_channels - len(axes.get("in", [])),
-                                 layer.out_channels - len(axes.get("out", [])))
+        total += layer.macs_with(
+            layer.in_channels - len(axes.get("in", [])), layer.out_channels - len(axes.get("out", []))
+        )
     return _exact(total)

@@ -80,11 +80,15 @@ class SearchResult:
         for row in self.groups:
             tag = "" if row.source == "search" else f"  ({row.source})"
             channels = f"{row.channels_before}->{row.channels_after}"
-            lines.append(f"{row.group_id:>5}  {channels:>11}  {100 * row.macs_share:6.2f}  "
-                         f"{row.mean_sensitivity:11.4g}  {', '.join(row.producers)}{tag}")
+            lines.append(
+                f"{row.group_id:>5}  {channels:>11}  {100 * row.macs_share:6.2f}  "
+                f"{row.mean_sensitivity:11.4g}  {', '.join(row.producers)}{tag}"
+            )
         verdict = "reached" if self.reached else "NOT reached"
-        lines.append(f"MACs {self.original_macs} -> {self.final_macs}: ratio {self.achieved_ratio:.4f} "
-                     f"(target {self.target_ratio}, {verdict})")
+        lines.append(
+            f"MACs {self.original_macs} -> {self.final_macs}: ratio {self.achieved_ratio:.4f} "
+            f"(target {self.target_ratio}, {verdict})"
+        )
         return "\n".join(lines)
 
 
@@ -99,9 +103,14 @@ def record_path_for(output_cfg: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.record.txt")
 
 
-def group_summaries(analysis: CouplingAnalysis, layers: Mapping[str, LayerMacs], plan: Mapping[int, Sequence[int]],
-                    group_ids: Sequence[int], sensitivity: Mapping[int, Tensor], fixed: Sequence[int]
-                    ) -> list[GroupSummary]:
+def group_summaries(
+    analysis: CouplingAnalysis,
+    layers: Mapping[str, LayerMacs],
+    plan: Mapping[int, Sequence[int]],
+    group_ids: Sequence[int],
+    sensitivity: Mapping[int, Tensor],
+    fixed: Sequence[int],
+) -> list[GroupSummary]:
     """Table rows for ``group_ids`` (searched) and ``fixed`` (user-configured), in group order."""
     total = sum(layer.macs for layer in layers.values()) or 1
     rows = []
@@ -110,9 +119,17 @@ def group_summaries(analysis: CouplingAnalysis, layers: Mapping[str, LayerMacs],
         share = sum(layers[n].macs for n in g.layer_names if n in layers) / total
         scores = sensitivity.get(gid)
         mean = float(scores.double().mean()) if scores is not None else float("nan")
-        rows.append(GroupSummary(gid, tuple(p.name for p in g.producers), g.channels,
-                                 g.channels - len(plan.get(gid, ())), share, mean,
-                                 "override_prune_cfg" if gid in fixed else "search"))
+        rows.append(
+            GroupSummary(
+                gid,
+                tuple(p.name for p in g.producers),
+                g.channels,
+                g.channels - len(plan.get(gid, ())),
+                share,
+                mean,
+                "override_prune_cfg" if gid in fixed else "search",
+            )
+        )
     return rows
 
 
@@ -123,9 +140,14 @@ def _version() -> str:
         return "unknown"
 
 
-def build_output_config(analysis: CouplingAnalysis, searched: Mapping[int, Sequence[int]],
-                        user: AMCTRetrainConfig | None, ascend_optimized: bool, channel_multiple: int,
-                        record_name: str) -> AMCTRetrainConfig:
+def build_output_config(
+    analysis: CouplingAnalysis,
+    searched: Mapping[int, Sequence[int]],
+    user: AMCTRetrainConfig | None,
+    ascend_optimized: bool,
+    channel_multiple: int,
+    record_name: str,
+) -> AMCTRetrainConfig:
     """The retrain config: the user's overrides, one BCP override per producer of a searched group.
 
     ``prune_ratio`` is ``pruned / channels`` of the group, so AMCT's BalancedL2Norm rounding
@@ -148,9 +170,15 @@ def build_output_config(analysis: CouplingAnalysis, searched: Mapping[int, Seque
     return cfg
 
 
-def write_search_outputs(model: nn.Module, analysis: CouplingAnalysis, plan: Mapping[int, Sequence[int]],
-                         cfg: AMCTRetrainConfig, output_cfg: str | os.PathLike, config_file: str,
-                         header: str) -> Path:
+def write_search_outputs(
+    model: nn.Module,
+    analysis: CouplingAnalysis,
+    plan: Mapping[int, Sequence[int]],
+    cfg: AMCTRetrainConfig,
+    output_cfg: str | os.PathLike,
+    config_file: str,
+    header: str,
+) -> Path:
     """Validate ``cfg`` against the model, then write the record and the ``.cfg``; returns the record path.
 
     Raises:
@@ -159,7 +187,9 @@ def write_search_outputs(model: nn.Module, analysis: CouplingAnalysis, plan: Map
     """
     RetrainConfig(cfg, source=os.fspath(output_cfg)).resolve(model)
     record_path = record_path_for(output_cfg)
-    record = PruneRecord(fingerprint=model_fingerprint(model), producer_version=_version(), config_file=config_file)
+    record = PruneRecord(
+        fingerprint=model_fingerprint(model), producer_version=_version(), config_file=config_file
+    )
     record.channel_group.extend(plan_to_records(analysis, plan))
     write_record(record_path, record)
     text = "".join(f"# {line}\n" for line in header.splitlines()) + text_format.MessageToString(cfg)

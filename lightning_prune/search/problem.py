@@ -92,26 +92,34 @@ class SearchProblem:
                 ``groups``, has invalid indices, or breaks alignment or ``max_prune_ratio``.
         """
         if not isinstance(plan, Mapping):
-            raise TypeError(f"{who}.channel_prune_search must return {{group id: pruned indices}}, got "
-                            f"{type(plan).__name__}.")
+            raise TypeError(
+                f"{who}.channel_prune_search must return {{group id: pruned indices}}, got "
+                f"{type(plan).__name__}."
+            )
         allowed = {g.id: g for g in self.groups}
         for gid in plan:
             if gid not in allowed and len(plan[gid]):
-                raise ValueError(f"{who} prunes channel group {gid}, which is not searchable (not prunable, in "
-                                 "override_prune_cfg, or produced by a layer type filter_pruner cannot prune). "
-                                 f"HINT: prune only problem.groups (ids {sorted(allowed)}).")
+                raise ValueError(
+                    f"{who} prunes channel group {gid}, which is not searchable (not prunable, in "
+                    "override_prune_cfg, or produced by a layer type filter_pruner cannot prune). "
+                    f"HINT: prune only problem.groups (ids {sorted(allowed)})."
+                )
         out = normalize_plan(self.analysis, plan)
         for gid, idx in out.items():
             g, kept = allowed[gid], allowed[gid].channels - len(idx)
             grid = math.lcm(self.channel_multiple, g.group)
             who_g = f"{who}: channel group {gid} (producers {', '.join(p.name for p in g.producers)})"
             if kept < self.min_kept(g):
-                raise ValueError(f"{who_g} keeps {kept} of {g.channels} channels; max_prune_ratio="
-                                 f"{self.max_prune_ratio} requires at least {self.min_kept(g)}.")
+                raise ValueError(
+                    f"{who_g} keeps {kept} of {g.channels} channels; max_prune_ratio="
+                    f"{self.max_prune_ratio} requires at least {self.min_kept(g)}."
+                )
             if kept % grid:
-                raise ValueError(f"{who_g} keeps {kept} channels; kept counts must be multiples of {grid} "
-                                 f"(channel multiple {self.channel_multiple}, grouped-conv slices {g.group}). "
-                                 "HINT: use problem.next_step() to size the steps.")
+                raise ValueError(
+                    f"{who_g} keeps {kept} channels; kept counts must be multiples of {grid} "
+                    f"(channel multiple {self.channel_multiple}, grouped-conv slices {g.group}). "
+                    "HINT: use problem.next_step() to size the steps."
+                )
         return out
 
 

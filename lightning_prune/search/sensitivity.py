@@ -31,10 +31,18 @@ Batch = tuple[tuple[Tensor, ...], Tensor]
 
 
 def _inputs_tuple(inputs: object) -> tuple[Tensor, ...]:
-    items = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs) if isinstance(inputs, (tuple, list)) else ()
+    items = (
+        (inputs,)
+        if isinstance(inputs, Tensor)
+        else tuple(inputs)
+        if isinstance(inputs, (tuple, list))
+        else ()
+    )
     if not items or not all(isinstance(t, Tensor) and t.dim() > 0 for t in items):
-        raise TypeError(f"input_data[0] must be a tensor (or a tuple of tensors) with the samples on dim 0, got "
-                        f"{type(inputs).__name__}. HINT: input_data = [inputs, labels].")
+        raise TypeError(
+            f"input_data[0] must be a tensor (or a tuple of tensors) with the samples on dim 0, got "
+            f"{type(inputs).__name__}. HINT: input_data = [inputs, labels]."
+        )
     return items
 
 
@@ -59,23 +67,31 @@ def split_batches(input_data: Sequence, test_iteration: int) -> list[Batch]:
         [(3, 3), (2, 2)]
     """
     if not isinstance(input_data, (list, tuple)) or len(input_data) != 2:
-        raise TypeError(f"input_data must be [inputs, labels], got {type(input_data).__name__}"
-                        f"{f' of length {len(input_data)}' if isinstance(input_data, (list, tuple)) else ''}.")
+        raise TypeError(
+            f"input_data must be [inputs, labels], got {type(input_data).__name__}"
+            f"{f' of length {len(input_data)}' if isinstance(input_data, (list, tuple)) else ''}."
+        )
     inputs, labels = _inputs_tuple(input_data[0]), input_data[1]
     if not isinstance(labels, Tensor) or labels.dim() == 0:
-        raise TypeError(f"input_data[1] (the labels) must be a tensor with the samples on dim 0, got "
-                        f"{type(labels).__name__}.")
+        raise TypeError(
+            f"input_data[1] (the labels) must be a tensor with the samples on dim 0, got "
+            f"{type(labels).__name__}."
+        )
     counts = {t.shape[0] for t in (*inputs, labels)}
     if len(counts) != 1:
-        raise ValueError(f"input_data: inputs and labels disagree on the number of samples (dim 0): "
-                         f"{[t.shape[0] for t in inputs]} vs {labels.shape[0]}.")
+        raise ValueError(
+            f"input_data: inputs and labels disagree on the number of samples (dim 0): "
+            f"{[t.shape[0] for t in inputs]} vs {labels.shape[0]}."
+        )
     samples = counts.pop()
     if test_iteration < 1:
         raise ValueError(f"test_iteration must be >= 1, got {test_iteration}.")
     if samples < test_iteration:
-        raise ValueError(f"input_data holds {samples} sample(s) but test_iteration is {test_iteration}; each of the "
-                         f"test_iteration batches needs at least one sample. HINT: pass at least {test_iteration} "
-                         "samples, or lower test_iteration in the search config.")
+        raise ValueError(
+            f"input_data holds {samples} sample(s) but test_iteration is {test_iteration}; each of the "
+            f"test_iteration batches needs at least one sample. HINT: pass at least {test_iteration} "
+            "samples, or lower test_iteration in the search config."
+        )
     parts = [torch.tensor_split(t, test_iteration) for t in inputs]
     label_parts = torch.tensor_split(labels, test_iteration)
     return [(tuple(p[i] for p in parts), label_parts[i]) for i in range(test_iteration)]
@@ -102,8 +118,12 @@ def _frozen_state(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[
                 b.copy_(saved)
 
 
-def accumulate_gradients(model: nn.Module, loss_func: Callable[[object, Tensor], Tensor], batches: Sequence[Batch],
-                         params: Sequence[nn.Parameter]) -> list[Tensor]:
+def accumulate_gradients(
+    model: nn.Module,
+    loss_func: Callable[[object, Tensor], Tensor],
+    batches: Sequence[Batch],
+    params: Sequence[nn.Parameter],
+) -> list[Tensor]:
     """Sum over ``batches`` of ``d loss(model(*inputs), labels) / d param``, for each of ``params``.
 
     The model runs in eval mode (BatchNorm uses its running statistics, dropout is off);
@@ -130,12 +150,16 @@ def accumulate_gradients(model: nn.Module, loss_func: Callable[[object, Tensor],
             with torch.enable_grad():
                 loss = loss_func(model(*inputs), labels.to(device) if device is not None else labels)
             if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise ValueError(f"the sensitivity loss must return a scalar tensor, got "
-                                 f"{type(loss).__name__}{f' of shape {list(loss.shape)}' if isinstance(loss, Tensor) else ''}."
-                                 " HINT: use a loss with reduction='mean' or 'sum'.")
+                raise ValueError(
+                    f"the sensitivity loss must return a scalar tensor, got "
+                    f"{type(loss).__name__}{f' of shape {list(loss.shape)}' if isinstance(loss, Tensor) else ''}."
+                    " HINT: use a loss with reduction='mean' or 'sum'."
+                )
             if not loss.requires_grad:
-                raise ValueError("the sensitivity loss does not depend on the model's parameters (no gradient). "
-                                 "HINT: check the loss function and that the model output is not detached.")
+                raise ValueError(
+                    "the sensitivity loss does not depend on the model's parameters (no gradient). "
+                    "HINT: check the loss function and that the model output is not detached."
+                )
             grads = torch.autograd.grad(loss.reshape(()), list(params), allow_unused=True)
             for total, grad in zip(totals, grads, strict=True):
                 if grad is not None:
@@ -213,7 +237,7 @@ def group_channel_scores(group: ChannelGroup, axis_scores: dict[tuple[str, str],
     for node in group.nodes:
         scores = axis_scores.get((node.name, node.axis))
         if scores is not None:
-            part = scores[node.begin:node.end].reshape(group.channels, node.elements).sum(1)
+            part = scores[node.begin : node.end].reshape(group.channels, node.elements).sum(1)
             total += part.detach().to("cpu", torch.float64)
     return total
 
@@ -299,8 +323,10 @@ class TaylorLossSensitivity(SensitivityBase):
             TypeError: If ``loss_func`` is not callable.
         """
         if not callable(loss_func):
-            raise TypeError(f"TaylorLossSensitivity.set_loss_func: expected a callable loss(output, labels), got "
-                            f"{type(loss_func).__name__}. HINT: pass e.g. torch.nn.CrossEntropyLoss().")
+            raise TypeError(
+                f"TaylorLossSensitivity.set_loss_func: expected a callable loss(output, labels), got "
+                f"{type(loss_func).__name__}. HINT: pass e.g. torch.nn.CrossEntropyLoss()."
+            )
         self.loss_func = loss_func
 
     def gradients(self, batches: Sequence[Batch], params: Sequence[nn.Parameter]) -> list[Tensor]:

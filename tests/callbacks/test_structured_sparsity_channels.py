@@ -193,7 +193,9 @@ def test_end_of_fit_summary_reports_sizes_macs_and_validation(tmp_path):
     assert summary.params_before == _parameters(ImageClassifier().model)
     assert summary.params_after == _parameters(module.model) < summary.params_before
     assert summary.macs_before == dense_macs
-    assert summary.compress_ratio == pytest.approx(dense_macs / count_macs(module.model, module.example_input_array))
+    assert summary.compress_ratio == pytest.approx(
+        dense_macs / count_macs(module.model, module.example_input_array)
+    )
     assert set(summary.metrics_before) >= {"val_acc", "val_loss"}
     assert set(summary.metrics_after) >= {"val_acc", "val_loss"}
     assert "parameters" in summary.table()

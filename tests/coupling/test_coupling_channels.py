@@ -35,8 +35,17 @@ def test_balanced_l2_constant_scores_are_zero_and_errors():
 
 @pytest.mark.parametrize(
     ("channels", "ratio", "multiple", "group", "kept"),
-    [(20, 0.25, 1, 1, 15), (20, 0.25, 16, 1, 16), (64, 0.5, 1, 1, 32), (10, 0.99, 1, 1, 1), (8, 0.5, 16, 1, 8),
-     (12, 0.5, 1, 4, 4), (12, 0.9, 1, 4, 4), (32, 0.3, 8, 4, 24), (16, 0.0, 1, 1, 16)],
+    [
+        (20, 0.25, 1, 1, 15),
+        (20, 0.25, 16, 1, 16),
+        (64, 0.5, 1, 1, 32),
+        (10, 0.99, 1, 1, 1),
+        (8, 0.5, 16, 1, 8),
+        (12, 0.5, 1, 4, 4),
+        (12, 0.9, 1, 4, 4),
+        (32, 0.3, 8, 4, 24),
+        (16, 0.0, 1, 1, 16),
+    ],
 )
 def test_channels_to_keep_table(channels, ratio, multiple, group, kept):
     assert channels_to_keep(channels, ratio, multiple, group) == kept
@@ -44,10 +53,12 @@ def test_channels_to_keep_table(channels, ratio, multiple, group, kept):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"prune_ratio": 1.0}, r"prune_ratio must be in \[0, 1\), got 1.0"),
-     ({"prune_ratio": -0.1}, "prune_ratio must be in"),
-     ({"prune_ratio": 0.5, "multiple": 0}, "must be >= 1"),
-     ({"prune_ratio": 0.5, "group": 3}, "16 channels are not divisible into 3")],
+    [
+        ({"prune_ratio": 1.0}, r"prune_ratio must be in \[0, 1\), got 1.0"),
+        ({"prune_ratio": -0.1}, "prune_ratio must be in"),
+        ({"prune_ratio": 0.5, "multiple": 0}, "must be >= 1"),
+        ({"prune_ratio": 0.5, "group": 3}, "16 channels are not divisible into 3"),
+    ],
 )
 def test_channels_to_keep_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -38,16 +38,21 @@ def conv1_group(f, cin2=8):
 
 @pytest.mark.parametrize(
     ("f", "reason"),
-    [(lambda m, x: x * m.gamma, r"per-channel tensor \(param:gamma\) that cannot be sliced"),
-     (lambda m, x: x / (x.abs() + 1), "divides by pruned channels"),
-     (lambda m, x: x - x.mean(1, keepdim=True), "reduces over channels"),
-     (lambda m, x: torch.cat(x.chunk(2, 1)[::-1], 1), "splits the channel axis"),
-     (lambda m, x: x[:, [1, 0, 2, 3, 4, 5, 6, 7]], "indexes the channel axis"),
-     (lambda m, x: x[:, :4].repeat(1, 2, 1, 1), "indexes the channel axis"),
-     (lambda m, x: F.group_norm(x, 2), "op 'group_norm'"),
-     (lambda m, x: x.view(x.shape[0], 2, 4, *x.shape[2:]).sum(1).repeat(1, 2, 1, 1), "reshapes the channel axis"),
-     (lambda m, x: x.permute(0, 2, 3, 1).softmax(-1).permute(0, 3, 1, 2), "normalises across channels"),
-     (lambda m, x: x + torch.randn_like(x), "per-channel tensor")],
+    [
+        (lambda m, x: x * m.gamma, r"per-channel tensor \(param:gamma\) that cannot be sliced"),
+        (lambda m, x: x / (x.abs() + 1), "divides by pruned channels"),
+        (lambda m, x: x - x.mean(1, keepdim=True), "reduces over channels"),
+        (lambda m, x: torch.cat(x.chunk(2, 1)[::-1], 1), "splits the channel axis"),
+        (lambda m, x: x[:, [1, 0, 2, 3, 4, 5, 6, 7]], "indexes the channel axis"),
+        (lambda m, x: x[:, :4].repeat(1, 2, 1, 1), "indexes the channel axis"),
+        (lambda m, x: F.group_norm(x, 2), "op 'group_norm'"),
+        (
+            lambda m, x: x.view(x.shape[0], 2, 4, *x.shape[2:]).sum(1).repeat(1, 2, 1, 1),
+            "reshapes the channel axis",
+        ),
+        (lambda m, x: x.permute(0, 2, 3, 1).softmax(-1).permute(0, 3, 1, 2), "normalises across channels"),
+        (lambda m, x: x + torch.randn_like(x), "per-channel tensor"),
+    ],
 )
 def test_not_understood_structures_block_with_reason(f, reason):
     _, _, _, group = conv1_group(f)
@@ -57,12 +62,14 @@ def test_not_understood_structures_block_with_reason(f, reason):
 
 @pytest.mark.parametrize(
     "f",
-    [lambda m, x: F.relu(x) * torch.sigmoid(x),
-     lambda m, x: x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),
-     lambda m, x: (x.flatten(2).transpose(1, 2) * 2).transpose(1, 2).reshape(x.shape),
-     lambda m, x: F.pad(F.max_pool2d(x, 2), (1, 1, 1, 1)) + 1.0,
-     lambda m, x: x[:, :, 1:, ...] * x.mean((2, 3), keepdim=True).sigmoid(),
-     lambda m, x: torch.stack([x, x], 0).sum(0)],
+    [
+        lambda m, x: F.relu(x) * torch.sigmoid(x),
+        lambda m, x: x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),
+        lambda m, x: (x.flatten(2).transpose(1, 2) * 2).transpose(1, 2).reshape(x.shape),
+        lambda m, x: F.pad(F.max_pool2d(x, 2), (1, 1, 1, 1)) + 1.0,
+        lambda m, x: x[:, :, 1:, ...] * x.mean((2, 3), keepdim=True).sigmoid(),
+        lambda m, x: torch.stack([x, x], 0).sum(0),
+    ],
 )
 def test_channel_wise_structures_stay_prunable_and_exact(f):
     model, x, analysis, group = conv1_group(f)
@@ -75,7 +82,9 @@ def test_channel_wise_structures_stay_prunable_and_exact(f):
 
 
 def test_concat_with_unprunable_input_and_grouped_conv_after_concat():
-    _, _, analysis, group = conv1_group(lambda m, x: torch.cat([x, torch.ones(x.shape[0], 2, *x.shape[2:])], 1), cin2=10)
+    _, _, analysis, group = conv1_group(
+        lambda m, x: torch.cat([x, torch.ones(x.shape[0], 2, *x.shape[2:])], 1), cin2=10
+    )
     assert group.prunable
     assert [(c.name, c.begin, c.end) for c in group.consumers] == [("conv2", 0, 8)]
 
@@ -139,15 +148,18 @@ def test_records_from_another_model_are_refused():
     assert records[1].producer[0].axis == 0
     assert records[1].consumer[0].axis == 1
     other, y = make("resnet_bottleneck")
-    with pytest.raises(RecordError, match=r"record group #0 \(producers 'stem.0', 'layer1.0.conv2'.*matches no"):
+    with pytest.raises(
+        RecordError, match=r"record group #0 \(producers 'stem.0', 'layer1.0.conv2'.*matches no"
+    ):
         records_to_plan(analyze_coupling(other, y), records)
     records[1].consumer[1].prune_index[0] = 1
-    with pytest.raises(RecordError, match=r"record group #1: layer 'layer1.0.conv2' has prune_index \[1, 2\]"):
+    with pytest.raises(
+        RecordError, match=r"record group #1: layer 'layer1.0.conv2' has prune_index \[1, 2\]"
+    ):
         records_to_plan(analysis, records)
     records[1].consumer[1].name = "layer1.0.convX"
     with pytest.raises(RecordError, match=r"consumers differ.*layer1.0.convX"):
         records_to_plan(analysis, records)
-
 
 
 def test_data_alias_is_followed_and_numpy_round_trip_blocks():

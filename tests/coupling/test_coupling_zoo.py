@@ -105,7 +105,9 @@ def test_train_mode_forward_check_keeps_plan(pruned):
 # branches); it warns that it is legacy and that it bakes in the branch taken.
 @pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
 @pytest.mark.filterwarnings("ignore:The feature will be removed. Please remove usage of this function")
-@pytest.mark.filterwarnings("ignore:Converting a tensor to a Python (boolean|integer) might cause the trace to be incorrect")
+@pytest.mark.filterwarnings(
+    "ignore:Converting a tensor to a Python (boolean|integer) might cause the trace to be incorrect"
+)
 def test_onnx_export_of_compact_model(pruned, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     name, model, x, _analysis, _plan, _masked, compact = pruned
@@ -202,12 +204,8 @@ def test_transformer_ffn_prunable_attention_blocked():
     assert consumer_names(g[("ffn.0",)]) == [("ffn.2", "in", 0, 64, 1)]
     assert not g[("attn.qkv",)].prunable
     assert "reshape" in g[("attn.qkv",)].reason
-    assert (
-        not g[("embed", "attn.proj", "ffn.2")].prunable
-    )
-    assert (
-        "LayerNorm" in g[("embed", "attn.proj", "ffn.2")].reason
-    )
+    assert not g[("embed", "attn.proj", "ffn.2")].prunable
+    assert "LayerNorm" in g[("embed", "attn.proj", "ffn.2")].reason
 
 
 def test_control_flow_model_is_not_fx_traceable_but_analysed():

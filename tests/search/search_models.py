@@ -53,8 +53,11 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         self.use_res = stride == 1 and cin == cout
         self.expand = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
-        self.dw = nn.Sequential(nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-                                nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.dw = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+        )
         self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,8 +71,9 @@ class MobileNetV2Like(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
-        self.blocks = nn.Sequential(InvertedResidual(32, 32, 1, 3), InvertedResidual(32, 48, 2, 4),
-                                    InvertedResidual(48, 48, 1, 4))
+        self.blocks = nn.Sequential(
+            InvertedResidual(32, 32, 1, 3), InvertedResidual(32, 48, 2, 4), InvertedResidual(48, 48, 1, 4)
+        )
         self.head = nn.Sequential(nn.Conv2d(48, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU6())
         self.classifier = nn.Linear(128, 10)
 

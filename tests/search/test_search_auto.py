@@ -47,7 +47,8 @@ def _check_outputs(model: nn.Module, x: torch.Tensor, result, output_cfg: str) -
         for producer in named:
             spec = specs[producer.name]
             assert channels_to_keep(g.channels, spec.prune_ratio, spec.channel_multiple, g.group) == (
-                g.channels - len(pruned))
+                g.channels - len(pruned)
+            )
     record_path = Path(output_cfg).parent / cfg.proto.channel_selection_record
     assert str(record_path) == result.record_file
     record = read_record(record_path)
@@ -60,8 +61,10 @@ def _check_outputs(model: nn.Module, x: torch.Tensor, result, output_cfg: str) -
 
 def test_seed_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    _write(tmp_path / "tmp" / "sample.cfg", "compress_ratio: 1.5\nascend_optimized: true\nmax_prune_ratio: 0.7\n"
-           "test_iteration: 2\n")
+    _write(
+        tmp_path / "tmp" / "sample.cfg",
+        "compress_ratio: 1.5\nascend_optimized: true\nmax_prune_ratio: 0.7\ntest_iteration: 2\n",
+    )
     model = init_random(resnet_like())
     input_shape = (4, 3, 16, 16)
     # --- the seed's call example, verbatim but for the import ---
@@ -77,7 +80,8 @@ def test_seed_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         input_data=data,
         output_cfg="./tmp/output.cfg",
         sensitivity="TaylorLossSensitivity",
-        search_alg="GreedySearch")
+        search_alg="GreedySearch",
+    )
     # ---
     assert result.reached
     assert result.achieved_ratio >= 1.5
@@ -94,13 +98,18 @@ def test_seed_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_override_prune_cfg_layers_keep_the_users_setting(tmp_path: Path) -> None:
     model, x = make("resnet")
-    _write(tmp_path / "keep.cfg", 'regular_prune_skip_layers: "layer1.0.conv1"\n'
-           'skip_layers: "layer2.0.conv2"\n'  # one producer of the layer2 residual stream
-           'override_layer_configs { layer_name: "layer2.0.conv1" prune_config { filter_pruner {\n'
-           '  balanced_l2_norm_filter_prune { prune_ratio: 0.5 ascend_optimized: false } } } }\n'
-           'override_layer_configs { layer_name: "layer1.0.conv2" prune_config { filter_pruner {\n'
-           '  balanced_l2_norm_filter_prune { prune_ratio: 0.25 ascend_optimized: false } } } }\n')
-    config = _write(tmp_path / "search.cfg", 'compress_ratio: 1.3 ascend_optimized: false override_prune_cfg: "keep.cfg"')
+    _write(
+        tmp_path / "keep.cfg",
+        'regular_prune_skip_layers: "layer1.0.conv1"\n'
+        'skip_layers: "layer2.0.conv2"\n'  # one producer of the layer2 residual stream
+        'override_layer_configs { layer_name: "layer2.0.conv1" prune_config { filter_pruner {\n'
+        "  balanced_l2_norm_filter_prune { prune_ratio: 0.5 ascend_optimized: false } } } }\n"
+        'override_layer_configs { layer_name: "layer1.0.conv2" prune_config { filter_pruner {\n'
+        "  balanced_l2_norm_filter_prune { prune_ratio: 0.25 ascend_optimized: false } } } }\n",
+    )
+    config = _write(
+        tmp_path / "search.cfg", 'compress_ratio: 1.3 ascend_optimized: false override_prune_cfg: "keep.cfg"'
+    )
     result = auto_channel_prune_search(model, config, [x, torch.randn(4, 10)], str(tmp_path / "out.cfg"))
     analysis = analyze_coupling(model, x)
     skipped, overridden = analysis.group_of("layer1.0.conv1").id, analysis.group_of("layer2.0.conv1").id
@@ -113,8 +122,10 @@ def test_override_prune_cfg_layers_keep_the_users_setting(tmp_path: Path) -> Non
     assert len(result.plan[stream1]) == 8
     sources = {row.group_id: row.source for row in result.groups}
     assert {sources[g] for g in (skipped, overridden, stream1, stream2)} == {"override_prune_cfg"}
-    assert {g for g, src in sources.items() if src == "search"} == {analysis.group_of("layer1.1.conv1").id,
-                                                                     analysis.group_of("layer2.1.conv1").id}
+    assert {g for g, src in sources.items() if src == "search"} == {
+        analysis.group_of("layer1.1.conv1").id,
+        analysis.group_of("layer2.1.conv1").id,
+    }
     proto = text_format.Parse((tmp_path / "out.cfg").read_text(), AMCTRetrainConfig())
     assert list(proto.regular_prune_skip_layers) == ["layer1.0.conv1"]
     assert list(proto.skip_layers) == ["layer2.0.conv2"]
@@ -129,7 +140,9 @@ def test_override_prune_cfg_layers_keep_the_users_setting(tmp_path: Path) -> Non
 def test_unreachable_target_warns_and_flags(tmp_path: Path) -> None:
     model, x = make("mlp")
     config = _write(tmp_path / "s.cfg", "compress_ratio: 50 max_prune_ratio: 0.3 ascend_optimized: false")
-    with pytest.warns(UserWarning, match=r"compress_ratio 50.0 is not reachable.*best ratio reached is 1\.\d+"):
+    with pytest.warns(
+        UserWarning, match=r"compress_ratio 50.0 is not reachable.*best ratio reached is 1\.\d+"
+    ):
         result = auto_channel_prune_search(model, config, [x, torch.randn(8, 10)], str(tmp_path / "o.cfg"))
     assert not result.reached
     assert 1 < result.achieved_ratio < 50
@@ -159,8 +172,12 @@ def test_transposed_conv_groups_are_left_out(tmp_path: Path) -> None:
 class L1Norm(SensitivityBase):
     def get_sensitivity(self, groups):
         self.seen = [g.id for g in groups]
-        return {g.id: sum(self.model.get_submodule(p.name).weight.detach().abs().flatten(1).sum(1)
-                          for p in g.producers) for g in groups}
+        return {
+            g.id: sum(
+                self.model.get_submodule(p.name).weight.detach().abs().flatten(1).sum(1) for p in g.producers
+            )
+            for g in groups
+        }
 
 
 class Uniform(SearchChannelBase):
@@ -181,8 +198,14 @@ def test_custom_sensitivity_and_search(tmp_path: Path) -> None:
     model, x = make("resnet")
     config = _write(tmp_path / "s.cfg", "compress_ratio: 1.5 ascend_optimized: false")
     sens = L1Norm()
-    result = auto_channel_prune_search(model, config, [x, torch.randn(4, 10)], str(tmp_path / "o.cfg"),
-                                       sensitivity=sens, search_alg=Uniform())
+    result = auto_channel_prune_search(
+        model,
+        config,
+        [x, torch.randn(4, 10)],
+        str(tmp_path / "o.cfg"),
+        sensitivity=sens,
+        search_alg=Uniform(),
+    )
     assert sens.seen == [0, 1, 2, 3, 4, 5]
     assert sens.test_iteration == 1
     assert result.reached
@@ -209,12 +232,30 @@ class Misaligned(SearchChannelBase):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"sensitivity": "Taylor"}, ValueError, (r"sensitivity='Taylor' is not supported; valid names: "
-                                                "'TaylorLossSensitivity'")),
-        ({"search_alg": "Bogus"}, ValueError, "valid names: 'GreedySearch', or an instance of a SearchChannelBase"),
-        ({"sensitivity": TaylorLossSensitivity}, TypeError, r"pass an instance, sensitivity=TaylorLossSensitivity\(\)"),
+        (
+            {"sensitivity": "Taylor"},
+            ValueError,
+            (
+                r"sensitivity='Taylor' is not supported; valid names: "
+                "'TaylorLossSensitivity'"
+            ),
+        ),
+        (
+            {"search_alg": "Bogus"},
+            ValueError,
+            "valid names: 'GreedySearch', or an instance of a SearchChannelBase",
+        ),
+        (
+            {"sensitivity": TaylorLossSensitivity},
+            TypeError,
+            r"pass an instance, sensitivity=TaylorLossSensitivity\(\)",
+        ),
         ({"search_alg": 3}, TypeError, "argument search_alg must be str or SearchChannelBase, got int"),
-        ({"sensitivity": BadShape()}, ValueError, r"BadShape.get_sensitivity: channel group 0 .* expected shape \[32\]"),
+        (
+            {"sensitivity": BadShape()},
+            ValueError,
+            r"BadShape.get_sensitivity: channel group 0 .* expected shape \[32\]",
+        ),
         ({"sensitivity": Negative()}, ValueError, "Negative.get_sensitivity: .* finite and >= 0"),
         ({"search_alg": Misaligned()}, ValueError, "Misaligned: channel group 0 .* multiples of 16"),
     ],
@@ -246,7 +287,9 @@ def test_no_searchable_group(tmp_path: Path) -> None:
     model, x = make("mlp")
     _write(tmp_path / "skip.cfg", 'regular_prune_skip_layers: "0" skip_layers: "2"')
     config = _write(tmp_path / "s.cfg", 'compress_ratio: 1.5 override_prune_cfg: "skip.cfg"')
-    with pytest.raises(PruneConfigError, match=r"no channel group is left to search.*2 set by override_prune_cfg"):
+    with pytest.raises(
+        PruneConfigError, match=r"no channel group is left to search.*2 set by override_prune_cfg"
+    ):
         auto_channel_prune_search(model, config, [x, torch.randn(8, 10)], str(tmp_path / "o.cfg"))
 
 
@@ -254,15 +297,20 @@ def test_unknown_layer_in_override_prune_cfg(tmp_path: Path) -> None:
     model, x = make("resnet")
     _write(tmp_path / "skip.cfg", 'regular_prune_skip_layers: "layer1.0.con1"')
     config = _write(tmp_path / "s.cfg", 'compress_ratio: 1.5 override_prune_cfg: "skip.cfg"')
-    with pytest.raises(PruneConfigError, match=r"skip.cfg: `regular_prune_skip_layers` names layer \"layer1.0.con1\", "
-                       "which the model does not have. HINT: did you mean 'layer1.0.conv1'"):
+    with pytest.raises(
+        PruneConfigError,
+        match=r"skip.cfg: `regular_prune_skip_layers` names layer \"layer1.0.con1\", "
+        "which the model does not have. HINT: did you mean 'layer1.0.conv1'",
+    ):
         auto_channel_prune_search(model, config, [x, torch.randn(4, 10)], str(tmp_path / "o.cfg"))
 
 
 def test_nothing_prunable_under_alignment(tmp_path: Path) -> None:
     model, x = make("tiny")  # at most 10 channels per group: nothing fits a multiple of 16
     config = _write(tmp_path / "s.cfg", "compress_ratio: 1.2")
-    with pytest.raises(PruneConfigError, match=r"not reachable: no channel can be removed.*ascend_optimized: false"):
+    with pytest.raises(
+        PruneConfigError, match=r"not reachable: no channel can be removed.*ascend_optimized: false"
+    ):
         auto_channel_prune_search(model, config, [x, torch.randn(4, 3)], str(tmp_path / "o.cfg"))
 
 
@@ -289,5 +337,7 @@ def test_output_cfg_drives_create_prune_retrain_model(tmp_path: Path) -> None:
     model, x = make("mobilenet_v2")
     config = _write(tmp_path / "s.cfg", "compress_ratio: 1.5 channel_multiple: 8")
     result = auto_channel_prune_search(model, config, [x, torch.randn(4, 10)], str(tmp_path / "o.cfg"))
-    pruned = create_prune_retrain_model(model, (x,), str(tmp_path / "o.cfg"), str(tmp_path / "retrain_record.txt"))
+    pruned = create_prune_retrain_model(
+        model, (x,), str(tmp_path / "o.cfg"), str(tmp_path / "retrain_record.txt")
+    )
     assert count_macs(model, x[:1]) / count_macs(pruned, x[:1]) == result.achieved_ratio

@@ -33,7 +33,9 @@ def _check_limits(problem: SearchProblem, plan: dict[int, list[int]]) -> None:
         if pruned:
             assert kept % math.lcm(problem.channel_multiple, g.group) == 0, (g.id, kept)
         width = g.channels // g.group
-        assert len({sum(1 for i in pruned if i // width == j) for j in range(g.group)}) == 1  # equal per slice
+        assert (
+            len({sum(1 for i in pruned if i // width == j) for j in range(g.group)}) == 1
+        )  # equal per slice
         scores = problem.sensitivity[g.id]
         for j in range(g.group):  # the cheapest channels of every slice go first
             mine = list(range(j * width, (j + 1) * width))
@@ -97,7 +99,10 @@ def test_grouped_conv_groups_lose_whole_steps_per_slice() -> None:
 def test_lowest_sensitivity_per_mac_goes_first() -> None:
     model, x = make("mlp")
     analysis = analyze_coupling(model, x)
-    scores = {0: torch.full((128,), 5.0, dtype=torch.float64), 1: torch.full((128,), 5.0, dtype=torch.float64)}
+    scores = {
+        0: torch.full((128,), 5.0, dtype=torch.float64),
+        1: torch.full((128,), 5.0, dtype=torch.float64),
+    }
     scores[1][:10] = 0.0  # ten free channels in group 1
     problem = SearchProblem(analysis, analysis.prunable_groups, scores, measure_macs(model, x), 1.2)
     search = GreedySearch()
@@ -117,7 +122,9 @@ def test_fixed_plan_is_counted_but_not_searched() -> None:
     plan = GreedySearch().channel_prune_search(problem)
     assert set(plan) == {g1.id}
     assert problem.ratio(plan) >= 2.5
-    assert count_macs(prune_channels(copy.deepcopy(model), analysis, {**fixed, **plan}), x) == problem.macs(plan)
+    assert count_macs(prune_channels(copy.deepcopy(model), analysis, {**fixed, **plan}), x) == problem.macs(
+        plan
+    )
 
 
 def test_step_channels() -> None:
@@ -128,9 +135,13 @@ def test_step_channels() -> None:
 def test_check_plan_rejects_broken_plans() -> None:
     _, _, problem = _problem("resnet", 1.5, 16, max_prune=0.5)
     g = problem.groups[0]
-    with pytest.raises(ValueError, match=r"Mine: channel group 0 .* keeps 31 channels; kept counts must be multiples of 16"):
+    with pytest.raises(
+        ValueError, match=r"Mine: channel group 0 .* keeps 31 channels; kept counts must be multiples of 16"
+    ):
         problem.check_plan({g.id: [0]}, "Mine")
-    with pytest.raises(ValueError, match=r"keeps 8 of 32 channels; max_prune_ratio=0\.5 requires at least 16"):
+    with pytest.raises(
+        ValueError, match=r"keeps 8 of 32 channels; max_prune_ratio=0\.5 requires at least 16"
+    ):
         problem.check_plan({g.id: list(range(24))}, "Mine")
     with pytest.raises(ValueError, match="prunes channel group 6, which is not searchable"):
         problem.check_plan({6: [0]}, "Mine")

@@ -12,13 +12,15 @@ from lightning_prune.coupling import analyze_coupling
 from lightning_prune.search import SensitivityBase, TaylorLossSensitivity, split_batches
 
 
-def _brute_force(model: nn.Module, analysis, x: torch.Tensor, labels: torch.Tensor, chunks: list[int], loss_fn):
+def _brute_force(
+    model: nn.Module, analysis, x: torch.Tensor, labels: torch.Tensor, chunks: list[int], loss_fn
+):
     """Per group channel: sum of |w * sum_batches dL/dw| over the entries a one-channel mask zeroes."""
     grads = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in model.named_parameters()}
     start = 0
     for size in chunks:
         model.zero_grad()
-        loss_fn(model(x[start:start + size]), labels[start:start + size]).backward()
+        loss_fn(model(x[start : start + size]), labels[start : start + size]).backward()
         for name, p in model.named_parameters():
             grads[name] += p.grad.double()
         start += size
@@ -107,8 +109,18 @@ def test_cross_entropy_loss_with_class_labels() -> None:
 @pytest.mark.parametrize(
     ("input_data", "iterations", "error", "match"),
     [
-        ([torch.zeros(3, 4), torch.zeros(3)], 4, ValueError, "holds 3 sample.*test_iteration is 4.*at least 4"),
-        ([torch.zeros(3, 4), torch.zeros(2)], 1, ValueError, r"disagree on the number of samples.*\[3\] vs 2"),
+        (
+            [torch.zeros(3, 4), torch.zeros(3)],
+            4,
+            ValueError,
+            "holds 3 sample.*test_iteration is 4.*at least 4",
+        ),
+        (
+            [torch.zeros(3, 4), torch.zeros(2)],
+            1,
+            ValueError,
+            r"disagree on the number of samples.*\[3\] vs 2",
+        ),
         ([torch.zeros(3, 4)], 1, TypeError, r"must be \[inputs, labels\]"),
         (["x", torch.zeros(3)], 1, TypeError, r"input_data\[0\] must be a tensor"),
         ([torch.zeros(3, 4), 5], 1, TypeError, r"input_data\[1\] \(the labels\)"),
