@@ -49,9 +49,34 @@ def proto(session: nox.Session) -> None:
     """Regenerate the *_pb2.py modules with protoc 29 (gencode that runs on protobuf 5.29 to 7.x)."""
     session.install("grpcio-tools==1.69.0")
     session.run(
-        "python", "-m", "grpc_tools.protoc", "-I.", "--python_out=.", "--pyi_out=.",
+        "python",
+        "-m",
+        "grpc_tools.protoc",
+        "-I.",
+        "--python_out=.",
+        "--pyi_out=.",
         *sorted(str(p) for p in __import__("pathlib").Path("lightning_prune/proto").glob("*.proto")),
     )
+
+
+@nox.session(default=False)
+def torchvision_zoo(session: nox.Session) -> None:
+    """Channel-prune every torchvision classification model and check it end to end (~40 min on 2 CPUs).
+
+    Writes results/torchvision_zoo.md. Pass options through, e.g. ``nox -s torchvision_zoo -- --no-onnx``
+    or ``-- --models resnet18,vit_b_16``.
+    """
+    session.install("torch==2.14.1", "torchvision==0.29.1")
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/torchvision_zoo.py", *session.posargs)
+
+
+@nox.session(default=False)
+def notebooks(session: nox.Session) -> None:
+    """Execute the four walkthrough notebooks top to bottom (nbclient; a few minutes each on 2 CPUs)."""
+    _install_project(session)  # the test extra holds the notebooks extra's packages
+    # -m "": run the executions (marked slow) even if addopts ever deselects slow tests.
+    session.run("python", "-m", "pytest", "tests/notebooks", "-q", "-m", "", *session.posargs)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 from lightning_prune.config import RetrainConfig
 from lightning_prune.export import export_onnx
@@ -41,23 +42,38 @@ def _as_input_tuple(function: str, input_data: object) -> tuple:
     return tuple(input_data)
 
 
-def _check_train_forward(function: str, model: nn.Module, inputs: tuple) -> None:
-    """Run one train-mode forward without letting it touch BN statistics or any other buffer."""
+def _train_forward_shapes(model: nn.Module, inputs: tuple) -> list[tuple[int, ...]]:
+    """Shapes of the tensors a train-mode forward returns; BN statistics and other buffers are left unchanged."""
     buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
     was_training = model.training
     try:
         with torch.no_grad():
-            model.train()(*inputs)
-    except Exception as error:
-        raise RuntimeError(
-            f"{function}: the model fails a train-mode forward with input_data "
-            f"({type(error).__name__}: {error}). HINT: pass input_data of the shape the model expects."
-        ) from error
+            out = model.train()(*inputs)
+        return [tuple(t.shape) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
     finally:
         model.train(was_training)
         with torch.no_grad():
             for name, buffer in model.named_buffers():
                 buffer.copy_(buffers[name])
+
+
+def _check_train_forward(function: str, model: nn.Module, inputs: tuple) -> list[tuple[int, ...]]:
+    """Run one train-mode forward (buffers left unchanged); return its output shapes, or raise a RuntimeError."""
+    try:
+        return _train_forward_shapes(model, inputs)
+    except Exception as error:
+        raise RuntimeError(
+            f"{function}: the model fails a train-mode forward with input_data "
+            f"({type(error).__name__}: {error}). HINT: pass input_data of the shape the model expects."
+        ) from error
+
+
+def _forward_matches(model: nn.Module, inputs: tuple, reference: list[tuple[int, ...]]) -> bool:
+    """Whether a train-mode forward runs and returns tensors of the ``reference`` shapes."""
+    try:
+        return _train_forward_shapes(model, inputs) == reference
+    except Exception:  # noqa: BLE001 - any failure means the pruning breaks the model
+        return False
 
 
 def create_prune_retrain_model(
@@ -93,10 +109,17 @@ def create_prune_retrain_model(
     inputs = _as_input_tuple(function, input_data)
     config = RetrainConfig.from_file(config_defination)
     pruned = copy.deepcopy(model)
-    _check_train_forward(function, pruned, inputs)
-    pruning = Pruning.from_config(pruned, config, inputs)
+    reference = _check_train_forward(function, pruned, inputs)
+    # Fast path: prune the copy and check it with one forward. Only if that fails, start again from
+    # ``model`` and let drop_breaking_groups find the groups to leave unpruned (it warns about each).
+    pruning = Pruning.from_config(pruned, config, inputs, check_forward=False)
     pruning.apply(pruned, channel_mode="compact")
-    _check_train_forward(function, pruned, inputs)
+    if not (pruning.channel_plan and _forward_matches(pruned, inputs, reference)):
+        if pruning.channel_plan:
+            pruned = copy.deepcopy(model)
+            pruning.drop_breaking_groups(pruned, inputs)
+            pruning.apply(pruned, channel_mode="compact")
+        _check_train_forward(function, pruned, inputs)
     write_record(record_file, pruning.record(pruned))
     return pruned
 

@@ -97,10 +97,19 @@ class Pruning:
     config_file: str = ""
 
     @classmethod
-    def from_config(cls, network: nn.Module, config: RetrainConfig, example_inputs: tuple | None) -> Pruning:
+    def from_config(
+        cls,
+        network: nn.Module,
+        config: RetrainConfig,
+        example_inputs: tuple | None,
+        check_forward: bool = True,
+    ) -> Pruning:
         """Decide the pruning ``config`` asks for (channels by BalancedL2Norm or the config's record).
 
         Groups whose pruning breaks a train-mode forward are dropped with a warning naming them.
+        With ``check_forward=False`` that check is left to the caller, who must run the pruned
+        network and call :meth:`drop_breaking_groups` if it fails (``create_prune_retrain_model``
+        does so: one forward of the pruned model instead of two on copies, in the common case).
         """
         specs = config.resolve(network)
         filter_specs = {name: s for name, s in specs.items() if isinstance(s, FilterPruneSpec)}
@@ -127,10 +136,19 @@ class Pruning:
                 pruning.channel_plan = records_to_plan(pruning.analysis, chosen.channel_group)
             else:
                 pruning.channel_plan = channel_plan_from_specs(network, pruning.analysis, filter_specs)
-            pruning.channel_plan = drop_breaking_groups(
-                network, pruning.analysis, pruning.channel_plan, example_inputs
-            )
+            if check_forward:
+                pruning.drop_breaking_groups(network, example_inputs)
         return pruning
+
+    def drop_breaking_groups(self, network: nn.Module, example_inputs: tuple) -> None:
+        """Drop from the plan the channel groups whose pruning breaks a train-mode forward of ``network``.
+
+        ``network`` is the unpruned network (left unchanged); a warning names each dropped group.
+        """
+        if self.channel_plan:
+            self.channel_plan = drop_breaking_groups(
+                network, self.analysis, self.channel_plan, example_inputs
+            )
 
     @classmethod
     def from_record(

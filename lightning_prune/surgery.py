@@ -11,6 +11,7 @@ Restoring a compact model from a record: fresh model → :func:`analyze_coupling
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from lightning_prune.channel_masks import (
 from lightning_prune.coupling.groups import CouplingAnalysis
 from lightning_prune.coupling.plan import ChannelPlan, keep_index, layer_indices, normalize_plan
 from lightning_prune.coupling.records import plan_to_records, records_to_plan
+from lightning_prune.coupling.tracer import repeat_batch
 from lightning_prune.functional.channels import balanced_l2_scores, channels_to_keep, select_pruned_channels
 
 
@@ -49,8 +51,10 @@ def _per_slice(pruned: list[int], size: int, groups: int, what: str, name: str) 
     width = size // groups
     parts = [[i - j * width for i in pruned if i // width == j] for j in range(groups)]
     if len({len(p) for p in parts}) != 1:
-        raise ValueError(f"Layer '{name}' (groups={groups}): pruning {what} channels {pruned} removes a different "
-                         "number from each group; grouped convs need equal counts per slice.")
+        raise ValueError(
+            f"Layer '{name}' (groups={groups}): pruning {what} channels {pruned} removes a different "
+            "number from each group; grouped convs need equal counts per slice."
+        )
     return parts
 
 
@@ -90,7 +94,9 @@ def _prune_conv(m: nn.Conv2d | nn.ConvTranspose2d, name: str, axes: dict[str, li
         else:
             parts = _per_slice(in_idx, m.in_channels, g, "input", name)
             w, rows, w_in = m.weight.detach(), m.out_channels // g, m.in_channels // g
-            blocks = [w[j * rows:(j + 1) * rows].index_select(1, keep_index(w_in, parts[j])) for j in range(g)]
+            blocks = [
+                w[j * rows : (j + 1) * rows].index_select(1, keep_index(w_in, parts[j])) for j in range(g)
+            ]
             _set(m, "weight", torch.cat(blocks, 0).clone())
         m.in_channels -= len(in_idx)
 
@@ -114,8 +120,10 @@ def _prune_layer(m: nn.Module, name: str, axes: dict[str, list[int]]) -> None:
             _take(m, pname, 0, keep)
         m.num_features = len(keep)
     else:
-        raise TypeError(f"Layer '{name}' ({type(m).__name__}) cannot be channel-pruned; only Conv2d, "
-                        "ConvTranspose2d, Linear and BatchNorm/InstanceNorm layers can.")
+        raise TypeError(
+            f"Layer '{name}' ({type(m).__name__}) cannot be channel-pruned; only Conv2d, "
+            "ConvTranspose2d, Linear and BatchNorm/InstanceNorm layers can."
+        )
 
 
 def prune_channels(model: nn.Module, analysis: CouplingAnalysis, plan: ChannelPlan) -> nn.Module:
@@ -177,8 +185,9 @@ def _out_weight(m: nn.Module) -> Tensor:
     return w.transpose(0, 1) if isinstance(m, nn.ConvTranspose2d) else w
 
 
-def balanced_l2_plan(model: nn.Module, analysis: CouplingAnalysis, prune_ratio: float | Mapping[str, float],
-                     multiple: int = 1) -> dict[int, Tensor]:
+def balanced_l2_plan(
+    model: nn.Module, analysis: CouplingAnalysis, prune_ratio: float | Mapping[str, float], multiple: int = 1
+) -> dict[int, Tensor]:
     """A plan choosing channels by BalancedL2Norm (AMCT's BCP), over all prunable groups.
 
     Args:
@@ -211,12 +220,15 @@ def _shapes(out: object) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
 
 
-def drop_breaking_groups(model: nn.Module, analysis: CouplingAnalysis, plan: ChannelPlan,
-                         example_inputs: tuple | Tensor) -> dict[int, list[int]]:
+def drop_breaking_groups(
+    model: nn.Module, analysis: CouplingAnalysis, plan: ChannelPlan, example_inputs: tuple | Tensor
+) -> dict[int, list[int]]:
     """Drop the groups whose pruning breaks a train-mode forward, found by bisection.
 
     The pruned copy must run ``model(*example_inputs)`` in train mode and give outputs of the
     same shapes as the unpruned model. ``model`` itself, and the global RNG, are left unchanged.
+    If the unpruned model fails its train-mode forward on a batch of one (BatchNorm on a 1x1
+    map), the check runs on the batch repeated twice.
 
     Returns:
         The plan without the breaking groups (a warning names each dropped group's layers).
@@ -238,12 +250,24 @@ def drop_breaking_groups(model: nn.Module, analysis: CouplingAnalysis, plan: Cha
             return f"{type(err).__name__}: {err}"
         return "" if got == reference else f"output shapes {got} != {reference}"
 
-    with torch.random.fork_rng(devices=[]):
-        try:
-            reference = _shapes(copy.deepcopy(model).train()(*inputs))
-        except Exception as err:
-            raise RuntimeError(f"drop_breaking_groups: the unpruned model fails its train-mode forward: {err}. "
-                               "HINT: check example_inputs.") from err
+    def reference_shapes(args: tuple) -> list[tuple[int, ...]]:
+        with torch.random.fork_rng(devices=[]):
+            return _shapes(copy.deepcopy(model).train()(*args))
+
+    try:
+        reference = reference_shapes(inputs)
+    except Exception as err:
+        # A batch of one fails in train mode wherever BatchNorm sees a single value per channel
+        # (a 1x1 map, e.g. an auxiliary head): check with the batch repeated instead.
+        doubled, reference = repeat_batch(inputs), None
+        if doubled is not None:
+            with contextlib.suppress(Exception):
+                reference, inputs = reference_shapes(doubled), doubled
+        if reference is None:
+            raise RuntimeError(
+                f"drop_breaking_groups: the unpruned model fails its train-mode forward: {err}. "
+                "HINT: check example_inputs."
+            ) from err
 
     def bisect(gids: list[int]) -> list[int]:
         why = run(gids)
@@ -268,9 +292,13 @@ def drop_breaking_groups(model: nn.Module, analysis: CouplingAnalysis, plan: Cha
 
     for gid in bisect(sorted(plan)):
         layers = ", ".join(f"'{n}'" for n in analysis.group(gid).layer_names)
-        warnings.warn(f"drop_breaking_groups: channel group {gid} ({layers}) is not pruned: the pruned model "
-                      f"failed its train-mode forward ({errors[gid]}). HINT: look for hard-coded channel counts "
-                      "in forward() (view/reshape sizes).", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"drop_breaking_groups: channel group {gid} ({layers}) is not pruned: the pruned model "
+            f"failed its train-mode forward ({errors[gid]}). HINT: look for hard-coded channel counts "
+            "in forward() (view/reshape sizes).",
+            UserWarning,
+            stacklevel=2,
+        )
         del plan[gid]
     return plan
 

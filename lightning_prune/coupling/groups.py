@@ -119,8 +119,10 @@ class CouplingAnalysis:
         for g in self.groups:
             if any(p.name == name for p in g.producers):
                 return g
-        raise KeyError(f"Layer '{name}' produces no channel group (only called Conv2d, ConvTranspose2d and "
-                       "Linear layers do); see CouplingAnalysis.report().")
+        raise KeyError(
+            f"Layer '{name}' produces no channel group (only called Conv2d, ConvTranspose2d and "
+            "Linear layers do); see CouplingAnalysis.report()."
+        )
 
     def report(self) -> str:
         """A table of every group, for reading before training."""

@@ -34,9 +34,11 @@ def normalize_plan(analysis: CouplingAnalysis, plan: ChannelPlan) -> dict[int, l
         try:
             g = analysis.group(int(gid))
         except KeyError as err:
-            raise ValueError(f"Pruning plan names channel group {gid}, which the analysis does not have "
-                             f"(ids 0..{len(analysis.groups) - 1}). HINT: build the plan from this model's "
-                             "analysis.") from err
+            raise ValueError(
+                f"Pruning plan names channel group {gid}, which the analysis does not have "
+                f"(ids 0..{len(analysis.groups) - 1}). HINT: build the plan from this model's "
+                "analysis."
+            ) from err
         idx = raw.tolist() if isinstance(raw, Tensor) else [int(i) for i in raw]
         if not idx:
             continue
@@ -53,9 +55,11 @@ def normalize_plan(analysis: CouplingAnalysis, plan: ChannelPlan) -> dict[int, l
             width = g.channels // g.group
             counts = [sum(1 for i in idx if i // width == j) for j in range(g.group)]
             if len(set(counts)) != 1:
-                raise ValueError(f"Pruning plan for {who} removes {counts} channels from its {g.group} grouped-conv "
-                                 "slices; each slice must lose the same number. HINT: use "
-                                 "select_pruned_channels(scores, n, group=...).")
+                raise ValueError(
+                    f"Pruning plan for {who} removes {counts} channels from its {g.group} grouped-conv "
+                    "slices; each slice must lose the same number. HINT: use "
+                    "select_pruned_channels(scores, n, group=...)."
+                )
         out[g.id] = sorted(idx)
     return out
 
@@ -73,8 +77,10 @@ def layer_indices(analysis: CouplingAnalysis, plan: ChannelPlan) -> dict[str, di
     for name, axes in per.items():
         for axis, idx in axes.items():
             if len(set(idx)) != len(idx):
-                raise ValueError(f"Layer '{name}': two channel groups remove the same {axis}-channel; the "
-                                 "analysis does not belong to this plan.")
+                raise ValueError(
+                    f"Layer '{name}': two channel groups remove the same {axis}-channel; the "
+                    "analysis does not belong to this plan."
+                )
             axes[axis] = sorted(idx)
     return per
 

@@ -58,22 +58,30 @@ def _sig(nodes: Iterable) -> list[tuple]:
 
 def _match(g: ChannelGroup, rec: ChannelGroupRecord, i: int) -> None:
     who = f"record group #{i} (producers {', '.join(repr(p.name) for p in rec.producer)})"
-    for kind, mine, theirs in (("producers", _sig(g.producers), _sig(rec.producer)),
-                               ("consumers", _sig(g.consumers), _sig(rec.consumer))):
+    for kind, mine, theirs in (
+        ("producers", _sig(g.producers), _sig(rec.producer)),
+        ("consumers", _sig(g.consumers), _sig(rec.consumer)),
+    ):
         if sorted(mine) != sorted(theirs):
             extra = sorted(set(theirs) - set(mine))
             missing = sorted(set(mine) - set(theirs))
-            raise RecordError(f"{who}: {kind} differ from this model's channel group {g.id}: in the record only "
-                              f"{extra}, in the model only {missing}. HINT: the record was made for another model "
-                              "structure.")
+            raise RecordError(
+                f"{who}: {kind} differ from this model's channel group {g.id}: in the record only "
+                f"{extra}, in the model only {missing}. HINT: the record was made for another model "
+                "structure."
+            )
     if rec.channels != g.channels or rec.group != g.group:
-        raise RecordError(f"{who}: channels={rec.channels}, group={rec.group} in the record but channels="
-                          f"{g.channels}, group={g.group} in the model.")
+        raise RecordError(
+            f"{who}: channels={rec.channels}, group={rec.group} in the record but channels="
+            f"{g.channels}, group={g.group} in the model."
+        )
     if not g.prunable:
         raise RecordError(f"{who}: this model's channel group {g.id} is not prunable: {g.reason}.")
 
 
-def records_to_plan(analysis: CouplingAnalysis, records: Iterable[ChannelGroupRecord]) -> dict[int, list[int]]:
+def records_to_plan(
+    analysis: CouplingAnalysis, records: Iterable[ChannelGroupRecord]
+) -> dict[int, list[int]]:
     """Rebuild a plan from records, checking they describe the analysed model.
 
     Args:
@@ -94,9 +102,11 @@ def records_to_plan(analysis: CouplingAnalysis, records: Iterable[ChannelGroupRe
         g = by_producers.get(key)
         if g is None:
             names = ", ".join(repr(p.name) for p in rec.producer)
-            raise RecordError(f"record group #{i} (producers {names}) matches no channel group of this model. "
-                              "HINT: the record was made for another model, or the model's forward changed; "
-                              "compare CouplingAnalysis.report().")
+            raise RecordError(
+                f"record group #{i} (producers {names}) matches no channel group of this model. "
+                "HINT: the record was made for another model, or the model's forward changed; "
+                "compare CouplingAnalysis.report()."
+            )
         _match(g, rec, i)
         if g.id in plan:
             raise RecordError(f"record group #{i}: channel group {g.id} appears twice in the record.")
@@ -109,8 +119,10 @@ def records_to_plan(analysis: CouplingAnalysis, records: Iterable[ChannelGroupRe
         for node in [*rec.producer, *rec.consumer]:
             want = expected[(node.name, "out" if node.axis == OUTPUT else "in", node.begin)]
             if sorted(node.prune_index) != want:
-                raise RecordError(f"record group #{i}: layer '{node.name}' has prune_index "
-                                  f"{list(node.prune_index)}, but pruned_index {sorted(idx)} gives {want}.")
+                raise RecordError(
+                    f"record group #{i}: layer '{node.name}' has prune_index "
+                    f"{list(node.prune_index)}, but pruned_index {sorted(idx)} gives {want}."
+                )
     return plan
 
 

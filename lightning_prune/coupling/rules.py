@@ -27,24 +27,95 @@ from lightning_prune.coupling.shapes import (
 from lightning_prune.coupling.tracer import Node, Trace, ValueRef
 
 UNARY = frozenset(
-    {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu",
-     "elu", "selu", "celu", "mish", "softplus", "softsign", "dropout", "dropout1d", "dropout2d", "dropout3d",
-     "alpha_dropout", "feature_alpha_dropout", "clone", "contiguous", "detach", "float", "half", "double",
-     "bfloat16", "to", "type", "type_as", "abs", "neg", "negative", "clamp", "clip", "square", "exp",
-     "identity", "hardshrink", "softshrink", "tanhshrink", "logsigmoid", "sin", "cos"}
+    {
+        "relu",
+        "relu6",
+        "gelu",
+        "silu",
+        "sigmoid",
+        "tanh",
+        "hardswish",
+        "hardsigmoid",
+        "hardtanh",
+        "leaky_relu",
+        "elu",
+        "selu",
+        "celu",
+        "mish",
+        "softplus",
+        "softsign",
+        "dropout",
+        "dropout1d",
+        "dropout2d",
+        "dropout3d",
+        "alpha_dropout",
+        "feature_alpha_dropout",
+        "clone",
+        "contiguous",
+        "detach",
+        "float",
+        "half",
+        "double",
+        "bfloat16",
+        "to",
+        "type",
+        "type_as",
+        "abs",
+        "neg",
+        "negative",
+        "clamp",
+        "clip",
+        "square",
+        "exp",
+        "identity",
+        "hardshrink",
+        "softshrink",
+        "tanhshrink",
+        "logsigmoid",
+        "sin",
+        "cos",
+    }
 )
 BINARY = frozenset({"add", "sub", "rsub", "mul", "div", "rdiv", "maximum", "minimum", "multiply", "subtract"})
-RESHAPE = frozenset({"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"})
+RESHAPE = frozenset(
+    {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
+)
 REDUCE = frozenset({"mean", "sum", "amax", "amin", "max", "min", "nanmean", "nansum"})
 SPLIT_DIM_ARG = {"split": 2, "chunk": 2, "tensor_split": 2, "unbind": 1}
-_POOL = re.compile(r"^(adaptive_)?(avg|max|lp)_pool([123])d(_with_indices)?$|^(Adaptive)?(Avg|Max|LP)Pool([123])d$")
-_TRANSPARENT_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-                        nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
-                        nn.modules.dropout._DropoutNd, nn.Identity)
+_POOL = re.compile(
+    r"^(adaptive_)?(avg|max|lp)_pool([123])d(_with_indices)?$|^(Adaptive)?(Avg|Max|LP)Pool([123])d$"
+)
+_TRANSPARENT_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.modules.dropout._DropoutNd,
+    nn.Identity,
+)
 
 
-_NORM_FORWARDS = (nn.modules.batchnorm._BatchNorm.forward, nn.SyncBatchNorm.forward,
-                  nn.modules.instancenorm._InstanceNorm.forward)
+_NORM_FORWARDS = (
+    nn.modules.batchnorm._BatchNorm.forward,
+    nn.SyncBatchNorm.forward,
+    nn.modules.instancenorm._InstanceNorm.forward,
+)
+
+
+def _torch_base(module: nn.Module) -> str:
+    base = next((c for c in type(module).__mro__ if c.__module__.startswith("torch.nn.")), nn.Module)
+    return f"torch.nn.{base.__name__}"
 
 
 class _Raw:
@@ -59,6 +130,23 @@ class _Raw:
 def exact_type(module: nn.Module, cls: type[nn.Module]) -> bool:
     """True if ``module`` is a ``cls`` whose ``forward`` is not overridden (so its math is known)."""
     return isinstance(module, cls) and type(module).forward is cls.forward
+
+
+def native_forward(module: nn.Module) -> bool:
+    """True if ``module``'s ``forward`` is torch's own, not one a subclass overrides.
+
+    A subclass of a leaf layer with its own ``forward`` (e.g. a ``LayerNorm`` that permutes to
+    normalise the channels of an NCHW map) is not what the layer's rule assumes.
+
+    Example:
+        >>> class LayerNorm2d(nn.LayerNorm):
+        ...     def forward(self, x):
+        ...         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        >>> native_forward(nn.LayerNorm(4)), native_forward(LayerNorm2d(4))
+        (True, False)
+    """
+    owner = next(c for c in type(module).__mro__ if "forward" in c.__dict__)
+    return owner.__module__.startswith("torch.nn.")
 
 
 class Propagator:
@@ -98,16 +186,24 @@ class Propagator:
         gid = len(self.parent)
         self.parent[gid] = gid
         self.raw[gid] = _Raw(channels, group)
-        self.raw[gid].producers.append(ChannelNode(node.target, type(node.module).__name__, "out", 0, channels,
-                                                   order=node.index))
+        self.raw[gid].producers.append(
+            ChannelNode(node.target, type(node.module).__name__, "out", 0, channels, order=node.index)
+        )
         return Layout(-1, (Seg(gid, channels),))
 
     def consume(self, lay: Layout, node: Node, axis: str = "in") -> None:
         offset = 0
         for s in lay.segs:
             if s.gid is not None:
-                cn = ChannelNode(node.target, type(node.module).__name__, axis, offset, offset + s.width, s.k,
-                                 order=node.index)
+                cn = ChannelNode(
+                    node.target,
+                    type(node.module).__name__,
+                    axis,
+                    offset,
+                    offset + s.width,
+                    s.k,
+                    order=node.index,
+                )
                 self.raw[self.find(s.gid)].consumers.append(cn)
             offset += s.width
 
@@ -117,8 +213,11 @@ class Propagator:
             self.layout[vid] = None
         for node in self.trace.nodes:
             if any(self.trace.values[v].origin == "untracked" for v in node.inputs):
-                self.block(set(self.raw), f"{node.where} reads a tensor that shares memory with a recorded one but "
-                           "came from a call the recorder cannot see (e.g. numpy or ctypes); coupling unknown")
+                self.block(
+                    set(self.raw),
+                    f"{node.where} reads a tensor that shares memory with a recorded one but "
+                    "came from a call the recorder cannot see (e.g. numpy or ctypes); coupling unknown",
+                )
             lays = [self.layout.get(v) for v in node.inputs]
             if not any(lays):
                 outs: list[Layout | None] = [None] * len(node.outputs)
@@ -165,6 +264,8 @@ class Propagator:
             return self.producer(node, lay)
         if lay is None:
             return [None] * len(node.outputs)
+        if not native_forward(m):
+            return self.unknown(node, lays, f"overrides forward() of {_torch_base(m)} (its math is unknown)")
         if type(m).forward in _NORM_FORWARDS:
             if rank + lay.axis != 1 or lay.width != m.num_features:
                 return self.unknown(node, lays, "does not see the channels on axis 1")
@@ -181,13 +282,16 @@ class Propagator:
             ok = rank + lay.axis < rank - n
             return self.same(node, lay) if ok else self.unknown(node, lays, "pools across channels")
         if isinstance(m, nn.Upsample):
-            return self.same(node, lay) if rank + lay.axis < 2 else self.unknown(node, lays, "resizes channels")
+            return (
+                self.same(node, lay) if rank + lay.axis < 2 else self.unknown(node, lays, "resizes channels")
+            )
         if isinstance(m, (nn.Flatten, nn.Unflatten)):
             return self.reshape(node, lay)
         if isinstance(m, nn.LayerNorm):
             if lay.axis >= -len(m.normalized_shape):
-                return self.unknown(node, lays, "normalises across channels (the masked model would not "
-                                    "equal the pruned one)")
+                return self.unknown(
+                    node, lays, "normalises across channels (the masked model would not equal the pruned one)"
+                )
             return self.same(node, lay)
         if isinstance(m, nn.GroupNorm):
             return self.unknown(node, lays, "normalises across groups of channels")
@@ -216,8 +320,11 @@ class Propagator:
             if groups > 1:
                 seg = lay.segs[0]
                 if len(lay.segs) != 1 or seg.gid is None or seg.k != 1:
-                    self.block(lay.gids, f"reaches grouped conv '{node.target}' (groups={groups}) through a "
-                               "concat or with unprunable channels")
+                    self.block(
+                        lay.gids,
+                        f"reaches grouped conv '{node.target}' (groups={groups}) through a "
+                        "concat or with unprunable channels",
+                    )
                 else:
                     self.raw[self.find(seg.gid)].group = math.lcm(self.raw[self.find(seg.gid)].group, groups)
             self.consume(lay, node, "in")
@@ -243,12 +350,20 @@ class Propagator:
         if name in RESHAPE:
             return self.reshape(node, first)
         if name in {"permute", "transpose", "swapaxes", "swapdims", "t"}:
-            return self.with_axis(node, first, permute_axis(name, node.args, rank, pos), "moves axes unknowably")
+            return self.with_axis(
+                node, first, permute_axis(name, node.args, rank, pos), "moves axes unknowably"
+            )
         if name == "getitem":
-            return self.with_axis(node, first, getitem_axis(node.args[1], self.shape(node.inputs[0]), pos),
-                                  "indexes the channel axis")
+            return self.with_axis(
+                node,
+                first,
+                getitem_axis(node.args[1], self.shape(node.inputs[0]), pos),
+                "indexes the channel axis",
+            )
         if name in REDUCE:
-            return self.with_axis(node, first, reduce_axis(node.args, node.kwargs, rank, pos), "reduces over channels")
+            return self.with_axis(
+                node, first, reduce_axis(node.args, node.kwargs, rank, pos), "reduces over channels"
+            )
         if name in {"softmax", "log_softmax"}:
             dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
             ok = isinstance(dim, int) and dim % rank != pos
@@ -263,7 +378,11 @@ class Propagator:
         match = _POOL.match(name)
         if match:
             n = int(match.group(3))
-            return self.same(node, first) if pos < rank - n else self.unknown(node, lays, "pools across channels")
+            return (
+                self.same(node, first)
+                if pos < rank - n
+                else self.unknown(node, lays, "pools across channels")
+            )
         if name in {"interpolate", "upsample", "upsample_nearest", "upsample_bilinear"}:
             return self.same(node, first) if pos < 2 else self.unknown(node, lays, "resizes channels")
         if name == "pad" and len(node.args) > 1 and isinstance(node.args[1], (list, tuple)):
@@ -283,15 +402,19 @@ class Propagator:
 
     def merge(self, node: Node, a: Layout, b: Layout) -> bool:
         if a.axis != b.axis or [(s.channels, s.k) for s in a.segs] != [(s.channels, s.k) for s in b.segs]:
-            self.block(a.gids | b.gids, f"reaches {node.where}, which combines tensors with different channel "
-                       "layouts")
+            self.block(
+                a.gids | b.gids,
+                f"reaches {node.where}, which combines tensors with different channel layouts",
+            )
             return False
         for sa, sb in zip(a.segs, b.segs, strict=True):
             if sa.gid is not None and sb.gid is not None:
                 self.union(sa.gid, sb.gid)
             elif sa.gid is not None or sb.gid is not None:
-                self.block({sa.gid if sa.gid is not None else sb.gid},  # type: ignore[arg-type]
-                           f"is combined at {node.where} with channels that cannot be pruned")
+                self.block(
+                    {sa.gid if sa.gid is not None else sb.gid},  # type: ignore[arg-type]
+                    f"is combined at {node.where} with channels that cannot be pruned",
+                )
         return True
 
     def binary(self, node: Node, lays: list[Layout | None]) -> list[Layout | None]:
@@ -306,8 +429,9 @@ class Propagator:
             if lay is None and len(shape) >= -first.axis and shape[first.axis] != 1:
                 origin = self.trace.values[v].origin
                 what = f" ({origin})" if origin and origin != "const" else ""
-                return self.unknown(node, lays, f"combines them with a per-channel tensor{what} that cannot be "
-                                    "sliced")
+                return self.unknown(
+                    node, lays, f"combines them with a per-channel tensor{what} that cannot be sliced"
+                )
         for _, lay in carriers[1:]:
             if not self.merge(node, first, lay):
                 return [None] * len(node.outputs)
@@ -336,7 +460,9 @@ class Propagator:
                 segs += lay.segs if lay else [Seg(None, self.shape(vid)[dim])]
             return [Layout(first.axis, tuple(segs))]
         if len(carriers) != len(items):
-            return self.unknown(node, lays, "concatenates pruned with unpruned tensors along a non-channel axis")
+            return self.unknown(
+                node, lays, "concatenates pruned with unpruned tensors along a non-channel axis"
+            )
         for lay in carriers[1:]:
             if not self.merge(node, first, lay):
                 return [None]

@@ -85,8 +85,11 @@ def reshape_layout(lay: Layout, in_shape: tuple[int, ...], out_shape: tuple[int,
 
 
 def _full_slice(item: slice, size: int) -> bool:
-    return (item.start in (None, 0) and item.step in (None, 1)
-            and (item.stop is None or (isinstance(item.stop, int) and item.stop >= size)))
+    return (
+        item.start in (None, 0)
+        and item.step in (None, 1)
+        and (item.stop is None or (isinstance(item.stop, int) and item.stop >= size))
+    )
 
 
 def getitem_axis(index: Any, in_shape: tuple[int, ...], pos: int) -> int | None:

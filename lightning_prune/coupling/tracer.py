@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 # Modules recorded as a single node. Anything else is looked into.
 LEAF_TYPES: tuple[type[nn.Module], ...] = (
@@ -70,9 +70,31 @@ LEAF_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 _METADATA = frozenset(
-    {"size", "dim", "numel", "nelement", "stride", "is_contiguous", "element_size", "data_ptr", "__len__",
-     "__get__", "__format__", "__repr__", "__hash__", "get_device", "is_floating_point", "is_complex",
-     "storage_offset", "untyped_storage", "_set_grad_enabled", "has_names", "__reduce_ex__", "__setstate__", "__deepcopy__"}
+    {
+        "size",
+        "dim",
+        "numel",
+        "nelement",
+        "stride",
+        "is_contiguous",
+        "element_size",
+        "data_ptr",
+        "__len__",
+        "__get__",
+        "__format__",
+        "__repr__",
+        "__hash__",
+        "get_device",
+        "is_floating_point",
+        "is_complex",
+        "storage_offset",
+        "untyped_storage",
+        "_set_grad_enabled",
+        "has_names",
+        "__reduce_ex__",
+        "__setstate__",
+        "__deepcopy__",
+    }
 )
 
 
@@ -229,8 +251,17 @@ class _Recorder(TorchFunctionMode):
             return {k: self.encode(v, inputs) for k, v in obj.items()}
         return obj
 
-    def add_node(self, kind: str, target: str, func_name: str, inputs: list[int], out: Any, args: tuple,
-                 kwargs: dict, module: nn.Module | None = None) -> None:
+    def add_node(
+        self,
+        kind: str,
+        target: str,
+        func_name: str,
+        inputs: list[int],
+        out: Any,
+        args: tuple,
+        kwargs: dict,
+        module: nn.Module | None = None,
+    ) -> None:
         index = len(self.nodes)
         outs = [self.new_value(t, index) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         scope = self.scope[-1] if self.scope else ""
@@ -272,34 +303,71 @@ class _Recorder(TorchFunctionMode):
             self.leaf_depth -= 1
             if self.leaf_depth == 0:
                 inputs, enc_args, enc_kwargs = self.pending.pop()
-                self.add_node("module", name, type(module).__name__, inputs, out, enc_args, enc_kwargs,
-                              module)
+                self.add_node(
+                    "module", name, type(module).__name__, inputs, out, enc_args, enc_kwargs, module
+                )
         elif self.scope:
             self.scope.pop()
 
 
 @contextlib.contextmanager
-def _eval_no_grad(model: nn.Module) -> Iterator[None]:
+def _mode_no_grad(model: nn.Module, train: bool) -> Iterator[None]:
+    """Eval (or train) mode without gradients; flags, buffers and the RNG are restored afterwards."""
     flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+    # BatchNorm statistics move in train mode: keep each buffer object and its value.
+    saved = (
+        [(m, name, b, b.clone()) for m in model.modules() for name, b in m._buffers.items() if b is not None]
+        if train
+        else []
+    )
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    model.train(train)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            # Dropout and stochastic depth draw the same masks every time.
+            torch.default_generator.manual_seed(0)
+            for d in devices:
+                torch.cuda.default_generators[d].manual_seed(0)
             yield
     finally:
         for m, flag in flags:
             m.training = flag
+        with torch.no_grad():
+            for m, name, b, value in saved:
+                m._buffers[name] = b  # in case the forward assigned a new tensor
+                b.copy_(value)
 
 
-def trace_model(model: nn.Module, example_inputs: tuple | torch.Tensor) -> Trace:
-    """Run ``model(*example_inputs)`` once in eval mode and record what ran.
+def repeat_batch(inputs: tuple) -> tuple | None:
+    """``inputs`` with a batch of two (each tensor repeated along dim 0), if every tensor has a batch of one.
+
+    A train-mode forward on a batch of one fails wherever BatchNorm sees a single value per channel
+    (a 1x1 map, e.g. an auxiliary classifier); the repeated batch runs.
+
+    Example:
+        >>> [t.shape for t in repeat_batch((torch.zeros(1, 3, 4, 4),))]
+        [torch.Size([2, 3, 4, 4])]
+    """
+    flat, spec = tree_flatten(tuple(inputs))
+    tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+    if not tensors or any(t.dim() == 0 or t.shape[0] != 1 for t in tensors):
+        return None
+    return tree_unflatten([torch.cat([t, t]) if isinstance(t, torch.Tensor) else t for t in flat], spec)
+
+
+def trace_model(model: nn.Module, example_inputs: tuple | torch.Tensor, train: bool = False) -> Trace:
+    """Run ``model(*example_inputs)`` once in eval mode (or train mode) and record what ran.
 
     The model's parameters, buffers and training flags are left as they were: the forward runs
     under ``torch.no_grad()`` in eval mode (so BatchNorm statistics do not move), and each
-    module's ``training`` flag is restored afterwards.
+    module's ``training`` flag is restored afterwards. With ``train=True`` the forward runs in
+    train mode (auxiliary heads, stochastic depth, ...) with a fixed seed for dropout; the
+    buffers (BatchNorm statistics) and the global RNG are restored afterwards.
 
     Args:
         model: The model to record.
         example_inputs: A tensor or a tuple of positional inputs.
+        train: Record the train-mode forward instead of the eval-mode one.
 
     Returns:
         The recorded :class:`Trace`.
@@ -313,14 +381,17 @@ def trace_model(model: nn.Module, example_inputs: tuple | torch.Tensor) -> Trace
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     rec = _Recorder(model)
-    inputs = [rec.new_value(t, -1, "input") for t in tree_flatten(tuple(example_inputs))[0]
-              if isinstance(t, torch.Tensor)]
+    inputs = [
+        rec.new_value(t, -1, "input")
+        for t in tree_flatten(tuple(example_inputs))[0]
+        if isinstance(t, torch.Tensor)
+    ]
     handles = []
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(rec.pre_hook, with_kwargs=True))
         handles.append(m.register_forward_hook(rec.post_hook, with_kwargs=True, always_call=True))
     try:
-        with _eval_no_grad(model), rec:
+        with _mode_no_grad(model, train), rec:
             out = model(*example_inputs)
     finally:
         for h in handles:
@@ -329,4 +400,13 @@ def trace_model(model: nn.Module, example_inputs: tuple | torch.Tensor) -> Trace
     return Trace(rec.nodes, rec.values, inputs, outputs, rec.call_counts, rec.names)
 
 
-__all__ = ["LEAF_TYPES", "Node", "Trace", "Value", "ValueRef", "canonical_name", "trace_model"]
+__all__ = [
+    "LEAF_TYPES",
+    "Node",
+    "Trace",
+    "Value",
+    "ValueRef",
+    "canonical_name",
+    "repeat_batch",
+    "trace_model",
+]
