@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import torchmetrics
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
 
 from lightning_prune.callbacks.structured_sparsity import StructuredSparsityRetrain
 from lightning_prune.config import load_auto_channel_prune_config
@@ -37,23 +38,33 @@ class TrainingStepSensitivity(TaylorLossSensitivity):
         super().__init__()
         self.pl_module, self.batches, self.strategy = pl_module, list(batches), strategy
 
-    def gradients(self, batches: Sequence, params: Sequence[nn.Parameter]) -> list[Tensor]:
-        totals = [torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for p in params]
-        with _frozen_state(self.pl_module, params), _silenced(self.pl_module):
+    def batch_gradients(
+        self, batches: Sequence, params: Sequence[nn.Parameter]
+    ) -> Iterator[list[Tensor | None]]:
+        norms = [m for m in self.pl_module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        with _frozen_state(self.pl_module, params, self.batch_statistics), _silenced(self.pl_module):
             for index, batch in enumerate(self.batches):
+                if self.batch_statistics and _batch_size(batch) == 1:  # no batch statistics for one sample
+                    for m in norms:
+                        m.eval()
                 with torch.enable_grad():
                     loss = _training_loss(self.pl_module.training_step(batch, index))
                 grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-                for total, grad in zip(totals, grads, strict=True):
-                    if grad is not None:
-                        total += grad.detach()
-        return totals
+                for m in norms:
+                    m.train(self.batch_statistics)
+                yield [None if g is None else g.detach() for g in grads]
 
     def get_sensitivity(self, groups: Sequence[ChannelGroup]) -> dict[int, Tensor]:
         scores = super().get_sensitivity(groups)
         if self.strategy is not None and self.strategy.world_size > 1:
             scores = {gid: self.strategy.reduce(value, reduce_op="sum") for gid, value in scores.items()}
         return scores
+
+
+def _batch_size(batch: object) -> int | None:
+    """Samples in a batch: dim 0 of its first tensor (None if it holds no tensor)."""
+    tensors = [t for t in tree_flatten(batch)[0] if isinstance(t, Tensor) and t.dim() > 0]
+    return tensors[0].shape[0] if tensors else None
 
 
 def _training_loss(output: object) -> Tensor:

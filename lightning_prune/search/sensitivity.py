@@ -22,6 +22,7 @@ __all__ = [
     "SensitivityBase",
     "TaylorLossSensitivity",
     "accumulate_gradients",
+    "batch_gradients",
     "group_channel_scores",
     "layer_axis_scores",
     "split_batches",
@@ -98,12 +99,22 @@ def split_batches(input_data: Sequence, test_iteration: int) -> list[Batch]:
 
 
 @contextlib.contextmanager
-def _frozen_state(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
-    """Eval mode and ``requires_grad`` on ``params`` inside; flags and buffers restored afterwards."""
+def _frozen_state(
+    model: nn.Module, params: Sequence[nn.Parameter], batch_statistics: bool = False
+) -> Iterator[None]:
+    """Eval mode (BatchNorm on batch statistics if asked) and ``requires_grad`` on ``params`` inside.
+
+    Training flags, ``requires_grad`` flags and buffers (BatchNorm running statistics) are restored
+    afterwards.
+    """
     flags = [(m, m.training) for m in model.modules()]
     requires = [(p, p.requires_grad) for p in params]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     model.eval()
+    if batch_statistics:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
     try:
         for p in params:
             p.requires_grad_(True)
@@ -118,6 +129,61 @@ def _frozen_state(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[
                 b.copy_(saved)
 
 
+def _check_loss(loss: object) -> Tensor:
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise ValueError(
+            f"the sensitivity loss must return a scalar tensor, got "
+            f"{type(loss).__name__}{f' of shape {list(loss.shape)}' if isinstance(loss, Tensor) else ''}."
+            " HINT: use a loss with reduction='mean' or 'sum'."
+        )
+    if not loss.requires_grad:
+        raise ValueError(
+            "the sensitivity loss does not depend on the model's parameters (no gradient). "
+            "HINT: check the loss function and that the model output is not detached."
+        )
+    return loss.reshape(())
+
+
+def batch_gradients(
+    model: nn.Module,
+    loss_func: Callable[[object, Tensor], Tensor],
+    batches: Sequence[Batch],
+    params: Sequence[nn.Parameter],
+    batch_statistics: bool = False,
+) -> Iterator[list[Tensor | None]]:
+    """Yield, batch by batch, ``d loss(model(*inputs), labels) / d param`` for each of ``params``.
+
+    The model runs in eval mode (dropout off). With ``batch_statistics`` its BatchNorm layers
+    normalise with each batch's own statistics (batches of one sample use the running ones), as
+    they will after BatchNorm recalibration or retraining of a pruned model. Gradients come from
+    :func:`torch.autograd.grad`, so no ``.grad`` attribute is touched; training flags,
+    ``requires_grad`` flags and buffers are restored afterwards. A parameter the loss does not
+    reach gets ``None``.
+
+    Raises:
+        ValueError: If the loss is not a scalar tensor that depends on the model's parameters.
+
+    Example:
+        >>> net = nn.Linear(2, 1, bias=False)
+        >>> batches = split_batches([torch.ones(2, 2), torch.zeros(2, 1)], 2)
+        >>> [g[0].shape for g in batch_gradients(net, lambda out, y: (out - y).sum(), batches, [net.weight])]
+        [torch.Size([1, 2]), torch.Size([1, 2])]
+    """
+    device = params[0].device if params else None
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with _frozen_state(model, params, batch_statistics):
+        for inputs, labels in batches:
+            inputs = tuple(t.to(device) for t in inputs) if device is not None else inputs
+            for m in norms:  # one sample has no batch statistics: use the running ones
+                m.train(batch_statistics and inputs[0].shape[0] > 1)
+            with torch.enable_grad():
+                loss = _check_loss(
+                    loss_func(model(*inputs), labels.to(device) if device is not None else labels)
+                )
+            grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+            yield [None if g is None else g.detach() for g in grads]
+
+
 def accumulate_gradients(
     model: nn.Module,
     loss_func: Callable[[object, Tensor], Tensor],
@@ -126,9 +192,8 @@ def accumulate_gradients(
 ) -> list[Tensor]:
     """Sum over ``batches`` of ``d loss(model(*inputs), labels) / d param``, for each of ``params``.
 
-    The model runs in eval mode (BatchNorm uses its running statistics, dropout is off);
-    gradients come from :func:`torch.autograd.grad`, so no ``.grad`` attribute is touched, and
-    training flags, ``requires_grad`` flags and buffers are restored afterwards.
+    The model runs in eval mode (BatchNorm uses its running statistics, dropout is off); see
+    :func:`batch_gradients`, which this sums.
 
     Raises:
         ValueError: If the loss is not a scalar tensor that depends on the model's parameters.
@@ -143,27 +208,10 @@ def accumulate_gradients(
     """
     # float32 at least (not the parameter's fp16/bf16), but no float64 copy of every gradient.
     totals = [torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for p in params]
-    device = params[0].device if params else None
-    with _frozen_state(model, params):
-        for inputs, labels in batches:
-            inputs = tuple(t.to(device) for t in inputs) if device is not None else inputs
-            with torch.enable_grad():
-                loss = loss_func(model(*inputs), labels.to(device) if device is not None else labels)
-            if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise ValueError(
-                    f"the sensitivity loss must return a scalar tensor, got "
-                    f"{type(loss).__name__}{f' of shape {list(loss.shape)}' if isinstance(loss, Tensor) else ''}."
-                    " HINT: use a loss with reduction='mean' or 'sum'."
-                )
-            if not loss.requires_grad:
-                raise ValueError(
-                    "the sensitivity loss does not depend on the model's parameters (no gradient). "
-                    "HINT: check the loss function and that the model output is not detached."
-                )
-            grads = torch.autograd.grad(loss.reshape(()), list(params), allow_unused=True)
-            for total, grad in zip(totals, grads, strict=True):
-                if grad is not None:
-                    total += grad.detach()
+    for grads in batch_gradients(model, loss_func, batches, params):
+        for total, grad in zip(totals, grads, strict=True):
+            if grad is not None:
+                total += grad
     return totals
 
 
@@ -287,17 +335,34 @@ class TaylorLossSensitivity(SensitivityBase):
     """First-order Taylor sensitivity of the loss, per channel of each coupled group.
 
     ``input_data`` is split into ``test_iteration`` batches along dim 0 (real batch sizes, not
-    AMCT's one sample per iteration); the gradients of ``loss(model(inputs), labels)`` are summed
-    over the batches (``G``), and channel ``c`` of a group scores ``sum |w * G|`` over every
-    parameter entry that belongs to ``c``: the producers' output rows and biases, the consumers'
-    input columns (group slice of a grouped conv, ``elements`` columns per channel after a
-    flatten, concat offsets) and the BatchNorm scale and shift. The model runs in eval mode and
-    is left unchanged.
+    AMCT's one sample per iteration). For batch ``b``, removing channel ``c`` changes the loss by
+    about ``-sum(theta * dL_b/dtheta)`` over every parameter entry ``theta`` that belongs to ``c``:
+    the producers' output rows and biases, the consumers' input columns (group slice of a grouped
+    conv, ``elements`` columns per channel after a flatten, concat offsets) and the BatchNorm
+    scale and shift. The model is left unchanged.
+
+    Two choices make the scores predict what a pruned model loses, measured on Fashion-MNIST
+    (``examples/fashion_mnist_search_vs_tp.py``: accuracy after pruning to 2x fewer MACs and
+    recalibrating BatchNorm went from 18-36 % with AMCT's choices to 66-76 % with these):
+
+    * ``criterion="squared"`` (default): the score is ``sum_b (sum_c theta * dL_b/dtheta)^2``,
+      the group Taylor criterion of Molchanov et al. 2019. At a trained minimum the gradient
+      summed over batches is close to zero and its per-entry magnitudes are mostly noise; the
+      per-batch signed change squared is not. ``"abs"`` is AMCT's
+      ``sum_c |theta * sum_b dL_b/dtheta|``.
+    * ``batch_statistics=True`` (default): BatchNorm normalises with each batch's statistics
+      while the gradients are taken, the statistics a pruned model gets from BatchNorm
+      recalibration or retraining; ``False`` uses the running statistics throughout (AMCT).
 
     Args:
         loss_func: ``loss(output, labels) -> scalar tensor``. Default: ``torch.nn.L1Loss()``,
             AMCT's default, which expects labels shaped like the output; for classification use
             :meth:`set_loss_func` with ``torch.nn.CrossEntropyLoss()`` and class-index labels.
+        criterion: ``"squared"`` or ``"abs"``, see above.
+        batch_statistics: BatchNorm on batch statistics during the passes, see above.
+
+    Raises:
+        ValueError: If ``criterion`` is not one of the two names.
 
     Example:
         >>> from lightning_prune.coupling import analyze_coupling
@@ -311,8 +376,21 @@ class TaylorLossSensitivity(SensitivityBase):
         torch.Size([4])
     """
 
-    def __init__(self, loss_func: Callable[[object, Tensor], Tensor] | None = None) -> None:
+    CRITERIA = ("squared", "abs")
+
+    def __init__(
+        self,
+        loss_func: Callable[[object, Tensor], Tensor] | None = None,
+        criterion: str = "squared",
+        batch_statistics: bool = True,
+    ) -> None:
+        if criterion not in self.CRITERIA:
+            raise ValueError(
+                f"TaylorLossSensitivity: criterion must be one of {list(self.CRITERIA)}, got {criterion!r}. "
+                "HINT: 'squared' (default) is the per-batch group Taylor criterion, 'abs' is AMCT's."
+            )
         self.loss_func = nn.L1Loss()
+        self.criterion, self.batch_statistics = criterion, bool(batch_statistics)
         if loss_func is not None:
             self.set_loss_func(loss_func)
 
@@ -329,29 +407,59 @@ class TaylorLossSensitivity(SensitivityBase):
             )
         self.loss_func = loss_func
 
-    def gradients(self, batches: Sequence[Batch], params: Sequence[nn.Parameter]) -> list[Tensor]:
-        """The loss gradient summed over ``batches``, per parameter; override to compute the loss another way."""
-        return accumulate_gradients(self.model, self.loss_func, batches, params)
+    def batch_gradients(
+        self, batches: Sequence[Batch], params: Sequence[nn.Parameter]
+    ) -> Iterator[list[Tensor | None]]:
+        """Yield the loss gradient of each batch, per parameter; override to compute the loss another way."""
+        return batch_gradients(self.model, self.loss_func, batches, params, self.batch_statistics)
 
     def get_sensitivity(self, groups: Sequence[ChannelGroup]) -> dict[int, Tensor]:
         """Taylor scores ``[group.channels]`` (float64) for every group; see the class docstring."""
         batches = split_batches(self.input_data, self.test_iteration)
         modules = {n.name: self.model.get_submodule(n.name) for g in groups for n in g.nodes}
-        entries: dict[int, nn.Parameter] = {}
-        for module in modules.values():
-            for pname in ("weight", "bias"):
-                p = getattr(module, pname, None)
-                if isinstance(p, nn.Parameter):
-                    entries.setdefault(id(p), p)
-        params = list(entries.values())
-        grads = dict(zip(entries, self.gradients(batches, params), strict=True))
-        axis_scores: dict[tuple[str, str], Tensor | None] = {}
+        entries: dict[tuple[str, str], nn.Parameter] = {}
         for name, module in modules.items():
-            products = {}
             for pname in ("weight", "bias"):
                 p = getattr(module, pname, None)
                 if isinstance(p, nn.Parameter):
-                    products[pname] = (p.detach() * grads[id(p)]).abs_()
-            for axis in ("out", "in"):
-                axis_scores[(name, axis)] = layer_axis_scores(module, products, axis)
+                    entries[(name, pname)] = p
+        params = list({id(p): p for p in entries.values()}.values())
+        position = {id(p): i for i, p in enumerate(params)}
+        totals = {g.id: torch.zeros(g.channels, dtype=torch.float64) for g in groups}
+        summed: list[Tensor | None] = [None] * len(params)
+        for grads in self.batch_gradients(batches, params):
+            if self.criterion == "abs":  # AMCT: sum the gradients first, score once at the end
+                summed = [
+                    s if g is None else g.float() if s is None else s + g
+                    for s, g in zip(summed, grads, strict=True)
+                ]
+                continue
+            scores = self._group_scores(groups, modules, entries, position, grads, signed=True)
+            for gid, value in scores.items():
+                totals[gid] += value.square()
+        if self.criterion == "abs":
+            totals = self._group_scores(groups, modules, entries, position, summed, signed=False)
+        return totals
+
+    @staticmethod
+    def _group_scores(
+        groups: Sequence[ChannelGroup],
+        modules: dict[str, nn.Module],
+        entries: dict[tuple[str, str], nn.Parameter],
+        position: dict[int, int],
+        grads: Sequence[Tensor | None],
+        signed: bool,
+    ) -> dict[int, Tensor]:
+        """Per group channel: the sum of ``theta * grad`` (``|theta * grad|`` unless ``signed``) it owns."""
+        products: dict[str, dict[str, Tensor]] = {}
+        for (name, pname), p in entries.items():
+            grad = grads[position[id(p)]]
+            if grad is not None:
+                product = p.detach() * grad
+                products.setdefault(name, {})[pname] = product if signed else product.abs_()
+        axis_scores = {
+            (name, axis): layer_axis_scores(modules[name], prods, axis)
+            for name, prods in products.items()
+            for axis in ("out", "in")
+        }
         return {g.id: group_channel_scores(g, axis_scores) for g in groups}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from search_models import make
@@ -13,50 +15,95 @@ from lightning_prune.search import SensitivityBase, TaylorLossSensitivity, split
 
 
 def _brute_force(
-    model: nn.Module, analysis, x: torch.Tensor, labels: torch.Tensor, chunks: list[int], loss_fn
+    model: nn.Module,
+    analysis,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    chunks: list[int],
+    loss_fn,
+    criterion: str = "squared",
+    batch_statistics: bool = True,
 ):
-    """Per group channel: sum of |w * sum_batches dL/dw| over the entries a one-channel mask zeroes."""
-    grads = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in model.named_parameters()}
+    """Per group channel, from the entries a one-channel mask zeroes: ``sum_b (sum w * dL_b/dw)^2``
+    (``criterion="squared"``) or ``sum |w * sum_b dL_b/dw|`` (``"abs"``), each batch's gradient
+    taken in a fresh copy of the model (eval mode, BatchNorm in train mode if ``batch_statistics``)."""
+    batch_grads = []
     start = 0
     for size in chunks:
-        model.zero_grad()
-        loss_fn(model(x[start : start + size]), labels[start : start + size]).backward()
-        for name, p in model.named_parameters():
-            grads[name] += p.grad.double()
+        replica = copy.deepcopy(model).eval()
+        for m in replica.modules():
+            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+                m.train(batch_statistics and size > 1)
+        loss_fn(replica(x[start : start + size]), labels[start : start + size]).backward()
+        batch_grads.append({name: p.grad.double() for name, p in replica.named_parameters()})
         start += size
-    model.zero_grad(set_to_none=True)
+    if criterion == "abs":
+        batch_grads = [{name: sum(g[name] for g in batch_grads) for name in batch_grads[0]}]
     scores = {}
     for g in analysis.prunable_groups:
         values = []
         for c in range(g.channels):
-            total = 0.0
             per_layer: dict[str, dict[str, list[int]]] = {}
             for node in g.nodes:
                 per_layer.setdefault(node.name, {}).setdefault(node.axis, []).extend(node.absolute([c]))
-            for name, axes in per_layer.items():
-                module = model.get_submodule(name)
-                for pname, mask in layer_masks(module, name, axes).items():
-                    w = getattr(module, pname).detach().double()
-                    removed = (1 - mask.double()).expand_as(w)
-                    total += float(((w * grads[f"{name}.{pname}"]).abs() * removed).sum())
+            total = 0.0
+            for grads in batch_grads:
+                change = 0.0
+                for name, axes in per_layer.items():
+                    module = model.get_submodule(name)
+                    for pname, mask in layer_masks(module, name, axes).items():
+                        w = getattr(module, pname).detach().double()
+                        removed = (1 - mask.double()).expand_as(w)
+                        product = w * grads[f"{name}.{pname}"]
+                        change += float(((product.abs() if criterion == "abs" else product) * removed).sum())
+                total += change if criterion == "abs" else change**2
             values.append(total)
         scores[g.id] = torch.tensor(values, dtype=torch.float64)
     return scores
 
 
-def test_taylor_equals_brute_force_per_channel() -> None:
+@pytest.mark.parametrize(
+    ("criterion", "batch_statistics"), [("squared", True), ("squared", False), ("abs", False), ("abs", True)]
+)
+def test_taylor_equals_brute_force_per_channel(criterion: str, batch_statistics: bool) -> None:
     model, x = make("tiny")
     x = torch.randn(7, 3, 6, 6, generator=torch.Generator().manual_seed(1))
     labels = torch.randn(7, 3, generator=torch.Generator().manual_seed(2))
     analysis = analyze_coupling(model, x)
-    sens = TaylorLossSensitivity()
+    sens = TaylorLossSensitivity(criterion=criterion, batch_statistics=batch_statistics)
     sens.setup_initialization(model, [x, labels], test_iteration=3)
     got = sens.get_sensitivity(analysis.prunable_groups)
-    want = _brute_force(model, analysis, x, labels, [3, 2, 2], nn.L1Loss())
+    want = _brute_force(model, analysis, x, labels, [3, 2, 2], nn.L1Loss(), criterion, batch_statistics)
     assert set(got) == {g.id for g in analysis.prunable_groups}
     for gid, scores in want.items():
         torch.testing.assert_close(got[gid], scores, rtol=1e-6, atol=1e-9)
         assert float(scores.sum()) > 0
+
+
+def test_batch_statistics_change_the_scores_and_batches_of_one_sample_work() -> None:
+    model, _ = make("tiny")
+    x = torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    labels = torch.randn(5, 3, generator=torch.Generator().manual_seed(2))
+    groups = analyze_coupling(model, x).prunable_groups
+    scores = {}
+    for batch_statistics in (True, False):
+        sens = TaylorLossSensitivity(batch_statistics=batch_statistics)
+        sens.setup_initialization(model, [x, labels], test_iteration=5)  # five batches of one sample
+        scores[batch_statistics] = sens.get_sensitivity(groups)
+    # One-sample batches fall back to the running statistics: the same scores either way.
+    for g in groups:
+        torch.testing.assert_close(scores[True][g.id], scores[False][g.id])
+    two_batches = {}
+    for batch_statistics in (True, False):
+        sens = TaylorLossSensitivity(batch_statistics=batch_statistics)
+        sens.setup_initialization(model, [x, labels], test_iteration=2)
+        two_batches[batch_statistics] = sens.get_sensitivity(groups)
+    assert any(not torch.allclose(two_batches[True][g.id], two_batches[False][g.id]) for g in groups)
+
+
+def test_unknown_criterion_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"criterion must be one of \['squared', 'abs'\], got 'l1'"):
+        TaylorLossSensitivity(criterion="l1")
 
 
 def test_batches_are_real_size_chunks_not_single_samples() -> None:
