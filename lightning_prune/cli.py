@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lightning_prune.callbacks.channel_prune_search import ChannelPruneSearch
 from lightning_prune.callbacks.structured_sparsity import StructuredSparsityRetrain
 from lightning_prune.export import export_onnx, export_pruned_model
 
@@ -224,6 +225,8 @@ def export_checkpoint(
     example = _example_inputs(pl_module)
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"export: --ckpt_path {ckpt_path!r} does not exist.")
+    for search in (cb for cb in trainer.callbacks if isinstance(cb, ChannelPruneSearch)):
+        search.setup(trainer, pl_module, "validate")  # not "fit": no new search, just hand over its .cfg
     with tempfile.TemporaryDirectory() as scratch:
         for index, pruner in enumerate(pruners):  # setup writes a record of the fresh masks: not ours
             pruner.record_file = os.path.join(scratch, f"{index}.txt")
