@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -154,9 +155,12 @@ class ChannelPruneSearch(Callback):
         rank_zero_info(f"`ChannelPruneSearch`: scoring channels on {len(batches)} training batches ...")
         inputs, labels = _stack_inputs_and_labels(batches)
         sensitivity = TrainingStepSensitivity(pl_module, batches, trainer.strategy)
-        self.result = auto_channel_prune_search(
-            network, self.config_path, [inputs, labels], self.output_cfg, sensitivity=sensitivity
-        )
+        with tempfile.TemporaryDirectory() as scratch:
+            # Every rank searches (the reduced scores make their choices identical); rank 0 writes the files.
+            output_cfg = self.output_cfg if trainer.is_global_zero else os.path.join(scratch, "searched.cfg")
+            self.result = auto_channel_prune_search(
+                network, self.config_path, [inputs, labels], output_cfg, sensitivity=sensitivity
+            )
         trainer.strategy.barrier()
         rank_zero_info(f"`ChannelPruneSearch`: wrote {self.output_cfg}\n{self.result.table()}")
         if trainer.is_global_zero:

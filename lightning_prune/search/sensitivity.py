@@ -451,15 +451,15 @@ class TaylorLossSensitivity(SensitivityBase):
         signed: bool,
     ) -> dict[int, Tensor]:
         """Per group channel: the sum of ``theta * grad`` (``|theta * grad|`` unless ``signed``) it owns."""
-        products: dict[str, dict[str, Tensor]] = {}
-        for (name, pname), p in entries.items():
-            grad = grads[position[id(p)]]
-            if grad is not None:
-                product = p.detach() * grad
-                products.setdefault(name, {})[pname] = product if signed else product.abs_()
-        axis_scores = {
-            (name, axis): layer_axis_scores(modules[name], prods, axis)
-            for name, prods in products.items()
-            for axis in ("out", "in")
-        }
+        axis_scores: dict[tuple[str, str], Tensor | None] = {}
+        for name, module in modules.items():  # one layer's products at a time: no copy of the whole model
+            products = {}
+            for pname in ("weight", "bias"):
+                p = entries.get((name, pname))
+                grad = None if p is None else grads[position[id(p)]]
+                if grad is not None:
+                    product = p.detach() * grad
+                    products[pname] = product if signed else product.abs_()
+            for axis in ("out", "in"):
+                axis_scores[(name, axis)] = layer_axis_scores(module, products, axis)
         return {g.id: group_channel_scores(g, axis_scores) for g in groups}
