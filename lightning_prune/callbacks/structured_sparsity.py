@@ -119,6 +119,13 @@ class StructuredSparsityRetrain(Callback):
         self.pruning = Pruning.from_config(network, RetrainConfig.from_file(self.config_path), inputs)
         if trainer.world_size > 1:  # ranks may start from different weights: all follow rank 0
             self.pruning.channel_plan = trainer.strategy.broadcast(self.pruning.channel_plan, src=0)
+        if self.channel_mode == "mask" and self.pruning.channel_plan and _converts_batchnorm(trainer):
+            raise ValueError(
+                "`StructuredSparsityRetrain(channel_mode='mask')` cannot run with Trainer(sync_batchnorm=True): "
+                "the strategy replaces every BatchNorm after this setup, and a masked BatchNorm weight cannot be "
+                "moved to the replacement. HINT: use channel_mode='compact' (channels removed before the strategy "
+                "wraps the model), or sync_batchnorm=False."
+            )
         self.sparse_layers = self.pruning.apply(network, self.channel_mode)
         self._share_rank_zero_masks(trainer, network)
         self._nm_plan = {
@@ -287,3 +294,8 @@ class StructuredSparsityRetrain(Callback):
     def _write_record(self, trainer: pl.Trainer, network: nn.Module) -> None:
         if trainer.is_global_zero and self.pruning is not None:
             write_record(self.record_file, self.pruning.record(network))
+
+
+def _converts_batchnorm(trainer: pl.Trainer) -> bool:
+    """Whether the strategy will swap BatchNorm layers (``sync_batchnorm=True``) after the callbacks' setup."""
+    return getattr(trainer.strategy, "_layer_sync", None) is not None

@@ -156,6 +156,21 @@ def test_input_shape_argument_replaces_example_input_array(tmp_path):
     assert callback.pruning.channel_plan
 
 
+def test_mask_mode_refuses_sync_batchnorm(tmp_path):
+    """sync_batchnorm swaps every BatchNorm after setup (compact mode under it needs GPUs: CPU SyncBN fails)."""
+    strategy = pl.strategies.DDPStrategy(process_group_backend="gloo")
+    masked = StructuredSparsityRetrain(config=_cfg(tmp_path), target="model", channel_mode="mask")
+    trainer = _trainer(tmp_path, [masked], max_epochs=1, strategy=strategy, devices=1, sync_batchnorm=True)
+    try:
+        with pytest.raises(
+            ValueError, match=r"channel_mode='mask'.*sync_batchnorm=True.*HINT: use channel_mode='compact'"
+        ):
+            trainer.fit(ZooModule())
+    finally:  # later tests must not run inside this test's process group
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def test_unknown_channel_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"channel_mode='fast'\): expected one of \('mask', 'compact'\)"):
         StructuredSparsityRetrain(config=_cfg(tmp_path), channel_mode="fast")
