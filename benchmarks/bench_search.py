@@ -117,6 +117,11 @@ def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argpar
 
 
 def _fwd_bwd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace):
+    # The passes TaylorLossSensitivity runs by default: eval mode, BatchNorm on batch statistics.
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.train()
     params = list(model.parameters())
 
     def run() -> None:
