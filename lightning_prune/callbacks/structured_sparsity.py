@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
+from lightning_prune.callbacks._validation import validation_metrics
 from lightning_prune.config import RetrainConfig
 from lightning_prune.coupling.plan import layer_indices
 from lightning_prune.export import export_pruned_model
@@ -57,6 +58,10 @@ class StructuredSparsityRetrain(Callback):
         channel_mode: ``"mask"`` or ``"compact"``, see above.
         input_shape: shape of one example input (e.g. ``[3, 32, 32]``) used to trace the network for
             channel pruning; default: the LightningModule's ``example_input_array``.
+        validate_before_pruning: at the start of ``fit`` (not on resume), run the module's
+            ``validation_step`` over the validation data (``limit_val_batches`` applies) before
+            pruning, so the end-of-fit summary compares the metrics before pruning with the last
+            validation. Costs one validation pass.
 
     Example (``cfg`` is the path of a retrain config)::
 
@@ -72,6 +77,7 @@ class StructuredSparsityRetrain(Callback):
         target: str = "",
         channel_mode: str = "mask",
         input_shape: list[int] | None = None,
+        validate_before_pruning: bool = True,
     ) -> None:
         if config is not None and not isinstance(config, (str, os.PathLike)):
             raise TypeError(
@@ -86,6 +92,8 @@ class StructuredSparsityRetrain(Callback):
         self.target = target
         self.channel_mode = channel_mode
         self.input_shape = list(input_shape) if input_shape is not None else None
+        self.validate_before_pruning = bool(validate_before_pruning)
+        self._metrics_before: dict[str, float] = {}
         self.pruning: Pruning | None = None
         self.sparse_layers: list[str] = []
         self.compact_model: nn.Module | None = None
@@ -116,6 +124,8 @@ class StructuredSparsityRetrain(Callback):
         inputs = self._inputs(pl_module)
         if inputs is not None:
             self._dense_size = (count_parameters(network), count_macs(network, inputs))
+        if stage == "fit" and self.validate_before_pruning and trainer.ckpt_path is None:
+            self._metrics_before = validation_metrics(trainer, pl_module)
         self.pruning = Pruning.from_config(network, RetrainConfig.from_file(self.config_path), inputs)
         if trainer.world_size > 1:  # ranks may start from different weights: all follow rank 0
             self.pruning.channel_plan = trainer.strategy.broadcast(self.pruning.channel_plan, src=0)
@@ -160,7 +170,7 @@ class StructuredSparsityRetrain(Callback):
         self._summarize(trainer, pl_module)
 
     def _summarize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Console table and logger metrics: sizes and MACs before/after, first and last validation."""
+        """Console table and logger metrics: sizes and MACs before/after, metrics before pruning and at the end."""
         inputs = self._inputs(pl_module)
         if self._dense_size is None or inputs is None:
             return
@@ -173,11 +183,11 @@ class StructuredSparsityRetrain(Callback):
             nonzero_params_after=sum(int((p != 0).sum()) for p in compact.parameters())
             if self.sparse_layers
             else None,
-            metrics_before=self._validations[0] if self._validations else {},
-            metrics_after=self._validations[-1] if len(self._validations) > 1 else {},
+            metrics_before=dict(self._metrics_before),
+            metrics_after=self._validations[-1] if self._validations else {},
             files={"record": os.fspath(self.record_file)},
         )
-        rank_zero_info("`StructuredSparsityRetrain` summary (metrics: first and last validation of the fit)\n"
+        rank_zero_info("`StructuredSparsityRetrain` summary (metrics: before pruning, and at the last validation)\n"
                        + self.summary.table())  # fmt: skip
         for logger in trainer.loggers:
             logger.log_metrics(self.summary.metrics(), step=trainer.global_step)
@@ -197,9 +207,11 @@ class StructuredSparsityRetrain(Callback):
             "channel_mode": self.channel_mode,
             "layers": self._nm_plan,
             "channel_record": text_format.MessageToString(channel_record),
+            "metrics_before": dict(self._metrics_before),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._metrics_before = dict(state_dict.get("metrics_before", self._metrics_before))
         saved = {name: list(pattern) for name, pattern in state_dict.get("layers", {}).items()}
         if not self._nm_plan:  # not set up yet: adopt the saved plan, setup will compare against it
             self._nm_plan = saved

@@ -188,6 +188,14 @@ def test_state_carries_the_channel_record(tmp_path):
     assert saved.fingerprint.digest == callback.pruning.fingerprint.digest
 
 
+def _dense_validation(module, data, tmp_path):
+    """Lightning's own validation of the unpruned module (one batch), for comparison."""
+    trainer = pl.Trainer(default_root_dir=tmp_path / "dense", accelerator="cpu", logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)  # fmt: skip
+    (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
+    return metrics
+
+
 def test_end_of_fit_summary_reports_sizes_macs_and_validation(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
@@ -203,7 +211,9 @@ def test_end_of_fit_summary_reports_sizes_macs_and_validation(tmp_path):
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1,
     )  # fmt: skip
     dense_macs = count_macs(module.model, module.example_input_array)
-    trainer.fit(module, datamodule=RandomImageDataModule(num_samples=64, batch_size=16))
+    data = RandomImageDataModule(num_samples=64, batch_size=16)
+    dense_metrics = _dense_validation(module, data, tmp_path)
+    trainer.fit(module, datamodule=data)
     summary = callback.summary
     assert summary.params_before == _parameters(ImageClassifier().model)
     assert summary.params_after == _parameters(module.model) < summary.params_before
@@ -213,7 +223,23 @@ def test_end_of_fit_summary_reports_sizes_macs_and_validation(tmp_path):
     )
     assert set(summary.metrics_before) >= {"val_acc", "val_loss"}
     assert set(summary.metrics_after) >= {"val_acc", "val_loss"}
+    # "before" is the dense model (validated in setup, before pruning), "after" the last validation.
+    assert summary.metrics_before == pytest.approx(dense_metrics, rel=1e-5)
+    assert summary.metrics_after["val_loss"] == pytest.approx(float(trainer.callback_metrics["val_loss"]))
     assert "parameters" in summary.table()
     assert "prune_record.txt" in summary.table()
     logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "prune/compress_ratio" in logged
+
+
+def test_metrics_before_pruning_survive_a_resume_and_can_be_switched_off(tmp_path):
+    saved = StructuredSparsityRetrain(config=_cfg(tmp_path), target="model")
+    saved._metrics_before = {"val_acc": 0.91}
+    resumed = StructuredSparsityRetrain(config=_cfg(tmp_path), target="model")
+    resumed.load_state_dict(saved.state_dict())
+    assert resumed._metrics_before == {"val_acc": 0.91}
+    # Without validation data, or switched off, nothing is measured before pruning.
+    off = StructuredSparsityRetrain(config=_cfg(tmp_path), target="model", validate_before_pruning=False)
+    _trainer(tmp_path, [off], max_epochs=1, enable_checkpointing=False).fit(ZooModule())
+    assert off._metrics_before == {}
+    assert off.summary is not None and off.summary.metrics_before == {}
