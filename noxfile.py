@@ -71,5 +71,13 @@ def torchvision_zoo(session: nox.Session) -> None:
     session.run("python", "benchmarks/torchvision_zoo.py", *session.posargs)
 
 
+@nox.session(default=False)
+def notebooks(session: nox.Session) -> None:
+    """Execute the four walkthrough notebooks top to bottom (nbclient; about a minute each on 2 CPUs)."""
+    _install_project(session)  # the test extra holds the notebooks extra's packages
+    # -m "": run the executions (marked slow) even if addopts ever deselects slow tests.
+    session.run("python", "-m", "pytest", "tests/notebooks", "-q", "-m", "", *session.posargs)
+
+
 if __name__ == "__main__":
     nox.main()
