@@ -169,14 +169,7 @@ class ChannelPruneSearch(Callback):
             logger.log_metrics(self._summary())
 
     def _summary(self) -> dict[str, float]:
-        if self.result is None:
-            return {}
-        return {
-            "search/target_ratio": float(self.result.target_ratio),
-            "search/achieved_ratio": float(self.result.achieved_ratio),
-            "search/original_macs": float(self.result.original_macs),
-            "search/final_macs": float(self.result.final_macs),
-        }
+        return {} if self.result is None else self.result.metrics()
 
     def _stamp_path(self) -> str:
         return f"{self.output_cfg}.search.json"

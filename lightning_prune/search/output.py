@@ -74,6 +74,34 @@ class SearchResult:
     record_file: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
+    def metrics(self, prefix: str = "search") -> dict[str, float]:
+        """The totals and the per-group table as flat logger metrics.
+
+        Per group, keyed by its first producer: ``<prefix>/<layer>/channels_before``,
+        ``channels_after``, ``macs_share`` and ``sensitivity`` (mean over the group's channels;
+        left out for user-configured groups, which are not scored).
+
+        Example:
+            >>> row = GroupSummary(0, ("conv1",), 16, 8, 0.25, 0.5)
+            >>> result = SearchResult(2.0, 2.1, True, 100, 47.6, [row], {0: list(range(8))})
+            >>> sorted(result.metrics())[:3]
+            ['search/achieved_ratio', 'search/conv1/channels_after', 'search/conv1/channels_before']
+        """
+        out = {
+            f"{prefix}/target_ratio": float(self.target_ratio),
+            f"{prefix}/achieved_ratio": float(self.achieved_ratio),
+            f"{prefix}/original_macs": float(self.original_macs),
+            f"{prefix}/final_macs": float(self.final_macs),
+        }
+        for row in self.groups:
+            key = f"{prefix}/{row.producers[0] if row.producers else row.group_id}"
+            out[f"{key}/channels_before"] = float(row.channels_before)
+            out[f"{key}/channels_after"] = float(row.channels_after)
+            out[f"{key}/macs_share"] = float(row.macs_share)
+            if row.mean_sensitivity == row.mean_sensitivity:  # not NaN
+                out[f"{key}/sensitivity"] = float(row.mean_sensitivity)
+        return out
+
     def table(self) -> str:
         """The per-group table as text, followed by the totals."""
         lines = [f"{'group':>5}  {'channels':>11}  {'MACs%':>6}  {'sensitivity':>11}  producers"]

@@ -50,6 +50,10 @@ def test_search_hands_its_channels_to_retraining_in_one_trainer(tmp_path):
     assert search.result.achieved_ratio >= 1.6
     metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "search/achieved_ratio" in metrics
+    # The per-group table reaches the loggers too: one column per group and quantity.
+    for row in search.result.groups:
+        for quantity in ("channels_before", "channels_after", "macs_share", "sensitivity"):
+            assert f"search/{row.producers[0]}/{quantity}" in metrics
 
 
 def test_a_finished_search_is_not_run_again(tmp_path):
