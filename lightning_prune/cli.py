@@ -289,8 +289,18 @@ class _ExportCLI(LightningCLI):
         return super().instantiate_trainer(**{**single, **kwargs})
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
-    """Run ``lightning-prune`` with ``args`` (default: the command line).
+def main(args: list[str] | None = None) -> int:
+    """The ``lightning-prune`` console script: run it, exit status 0 (errors raise).
+
+    Returns 0 rather than the CLI object: a console script's return value is its exit status, and
+    an object there would print itself and exit with status 1.
+    """
+    run_cli(args)
+    return 0
+
+
+def run_cli(args: list[str] | None = None) -> LightningCLI:
+    """Run ``lightning-prune`` with ``args`` (default: the command line) and return the CLI object.
 
     Args:
         args: the arguments after the program name, e.g. ``["fit", "--config", "recipe.yaml"]``.

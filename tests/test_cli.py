@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lightning_prune.callbacks.structured_sparsity import StructuredSparsityRetrain
-from lightning_prune.cli import LoadWeights, export_checkpoint, main
+from lightning_prune.cli import LoadWeights, export_checkpoint, main, run_cli
 from lightning_prune.demos import SmallResNet
 from lightning_prune.functional.nm import nm_mask_is_valid
 from lightning_prune.record import read_record
@@ -51,7 +51,9 @@ def exported(workdir):
     start.parent.mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(SmallResNet().state_dict(), start)
-    main(["fit", "--config", SPARSE, *SHORT, *RANDOM_DATA])
+    assert (
+        main(["fit", "--config", SPARSE, *SHORT, *RANDOM_DATA]) == 0
+    )  # the exit status of the console script
     ckpt = "outputs/sparse_2to4_fashion_mnist/checkpoints/last.ckpt"
     main(["export", "--config", SPARSE, *RANDOM_DATA, "--ckpt_path", ckpt, "--export_dir", "export"])
     return workdir / "export"
@@ -130,7 +132,7 @@ def test_module_entry_point(tmp_path):
 
 def test_test_subcommand_loads_a_sparse_checkpoint(exported):
     ckpt = "outputs/sparse_2to4_fashion_mnist/checkpoints/last.ckpt"
-    cli = main(
+    cli = run_cli(
         ["test", "--config", SPARSE, *RANDOM_DATA, "--trainer.enable_progress_bar=false", "--ckpt_path", ckpt]
     )
     assert "test_acc" in cli.trainer.callback_metrics
