@@ -245,7 +245,12 @@ def export_checkpoint(
     network = _submodule(pl_module, target, "export")
     written["state_dict"] = out / "model_state_dict.pt"
     torch.save(export_pruned_model(network).state_dict(), written["state_dict"])
-    written["onnx"] = export_onnx(network, out / "model.onnx", example)
+    # A dynamic batch axis, traced at batch 2: the exporter specializes dimensions of size 1.
+    names = [f"input{i}" if len(example) > 1 else "input" for i in range(len(example))]
+    traced = tuple(torch.cat([t, t]) if t.dim() > 0 else t for t in example)
+    written["onnx"] = export_onnx(
+        network, out / "model.onnx", traced, input_names=names, dynamic_axes={n: {0: "batch"} for n in names}
+    )
     return written
 
 

@@ -87,12 +87,14 @@ def test_exported_onnx_matches_torch(exported):
     onnxruntime = pytest.importorskip("onnxruntime")
     network = SmallResNet()
     network.load_state_dict(torch.load(exported / "model_state_dict.pt", weights_only=True))
-    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     session = onnxruntime.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    with torch.no_grad():
-        torch_out = network.eval()(x).numpy()
-    np.testing.assert_allclose(onnx_out, torch_out, rtol=1e-4, atol=1e-5)
+    assert session.get_inputs()[0].name == "input"
+    for batch in (1, 5):  # the batch axis is dynamic
+        x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+        (onnx_out,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            torch_out = network.eval()(x).numpy()
+        np.testing.assert_allclose(onnx_out, torch_out, rtol=1e-4, atol=1e-5)
 
 
 def test_export_refuses_a_checkpoint_of_another_recipe(exported):
