@@ -21,7 +21,12 @@ from torch import Tensor, nn
 from lightning_prune.config import FilterPruneSpec, NOutOfMSpec, RetrainConfig
 from lightning_prune.coupling import CouplingAnalysis, analyze_coupling
 from lightning_prune.coupling.plan import layer_indices
-from lightning_prune.functional.channels import balanced_l2_scores, channels_to_keep, select_pruned_channels
+from lightning_prune.functional.channels import (
+    balanced_l2_scores,
+    channels_to_keep,
+    ramp_order,
+    select_pruned_channels,
+)
 from lightning_prune.proto import ModelFingerprint, PruneRecord
 from lightning_prune.record import check_fingerprint, model_fingerprint, read_record
 from lightning_prune.sparsity import apply_nm_sparsity, masks_from_records, nm_records
@@ -197,6 +202,20 @@ class Pruning:
                 f"Layers {', '.join(both[:5])} would carry both channel masks and N:M masks. "
                 "HINT: use channel_mode='compact' (channels removed first, then N:M), or skip them in one pruner."
             )
+
+    def ramp_order(self, network: nn.Module) -> dict[int, list[int]]:
+        """Per pruned group, its planned channels in the order a gradual pruning masks them.
+
+        Least important first by BalancedL2Norm on ``network``'s current weights (call it before
+        the masks zero them); grouped-conv slices take turns (see
+        :func:`~lightning_prune.functional.channels.ramp_order`).
+        """
+        order = {}
+        for gid, pruned in self.channel_plan.items():
+            group = self.analysis.group(gid)
+            weights = [_producer_weight(network.get_submodule(p.name)) for p in group.producers]
+            order[gid] = ramp_order(pruned, balanced_l2_scores(weights), group.group)
+        return order
 
     def channel_record(self) -> PruneRecord:
         """The record of the channel pruning alone (what a resumed fit needs before weights load)."""

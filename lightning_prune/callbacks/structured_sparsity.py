@@ -9,13 +9,14 @@ from typing import Any
 import lightning.pytorch as pl
 from google.protobuf import text_format
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lightning_prune.callbacks._validation import validation_metrics
 from lightning_prune.config import RetrainConfig
 from lightning_prune.coupling.plan import layer_indices
 from lightning_prune.export import export_pruned_model
+from lightning_prune.functional.channels import ramp_count
 from lightning_prune.proto import PruneRecord
 from lightning_prune.pruning import CHANNEL_MODES, Pruning, as_input_tuple, example_inputs_from_shape
 from lightning_prune.record import write_record
@@ -58,6 +59,11 @@ class StructuredSparsityRetrain(Callback):
         channel_mode: ``"mask"`` or ``"compact"``, see above.
         input_shape: shape of one example input (e.g. ``[3, 32, 32]``) used to trace the network for
             channel pruning; default: the LightningModule's ``example_input_array``.
+        ramp_epochs: mask mode only: prune gradually. During epoch ``e`` of the fit the masks cover
+            ``(e + 1) / ramp_epochs`` of every group's planned channels (least important first, by
+            BalancedL2Norm of the weights at setup), all of them from epoch ``ramp_epochs - 1`` on.
+            0 (default) masks them all from the start. The record and the compact model always
+            hold the full plan.
         validate_before_pruning: at the start of ``fit`` (not on resume), run the module's
             ``validation_step`` over the validation data (``limit_val_batches`` applies) before
             pruning, so the end-of-fit summary compares the metrics before pruning with the last
@@ -77,6 +83,7 @@ class StructuredSparsityRetrain(Callback):
         target: str = "",
         channel_mode: str = "mask",
         input_shape: list[int] | None = None,
+        ramp_epochs: int = 0,
         validate_before_pruning: bool = True,
     ) -> None:
         if config is not None and not isinstance(config, (str, os.PathLike)):
@@ -87,12 +94,25 @@ class StructuredSparsityRetrain(Callback):
             raise ValueError(
                 f"StructuredSparsityRetrain(channel_mode={channel_mode!r}): expected one of {CHANNEL_MODES}."
             )
+        if not isinstance(ramp_epochs, int) or ramp_epochs < 0:
+            raise ValueError(
+                f"StructuredSparsityRetrain(ramp_epochs={ramp_epochs!r}): expected an integer >= 0."
+            )
+        if ramp_epochs and channel_mode != "mask":
+            raise ValueError(
+                f"StructuredSparsityRetrain(ramp_epochs={ramp_epochs}, channel_mode={channel_mode!r}): a gradual "
+                "pruning changes the pruned channels during fit, which needs fixed shapes. HINT: use "
+                "channel_mode='mask' with ramp_epochs, or ramp_epochs=0."
+            )
         self.config_path = os.fspath(config) if config is not None else None
         self.record_file = os.fspath(record_file) if record_file is not None else None
         self.target = target
         self.channel_mode = channel_mode
         self.input_shape = list(input_shape) if input_shape is not None else None
+        self.ramp_epochs = ramp_epochs
         self.validate_before_pruning = bool(validate_before_pruning)
+        self._ramp_order: dict[int, list[int]] = {}
+        self._ramp_masked: dict[int, list[int]] | None = None
         self._metrics_before: dict[str, float] = {}
         self.pruning: Pruning | None = None
         self.sparse_layers: list[str] = []
@@ -136,6 +156,10 @@ class StructuredSparsityRetrain(Callback):
                 "moved to the replacement. HINT: use channel_mode='compact' (channels removed before the strategy "
                 "wraps the model), or sync_batchnorm=False."
             )
+        if self.ramp_epochs and self.pruning.channel_plan:  # before the masks zero the weights it reads
+            self._ramp_order = self.pruning.ramp_order(network)
+            if trainer.world_size > 1:
+                self._ramp_order = trainer.strategy.broadcast(self._ramp_order, src=0)
         self.sparse_layers = self.pruning.apply(network, self.channel_mode)
         self._share_rank_zero_masks(trainer, network)
         self._nm_plan = {
@@ -162,8 +186,19 @@ class StructuredSparsityRetrain(Callback):
                 {k: float(v) for k, v in metrics.items() if k.startswith("val") and v.numel() == 1}
             )
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._ramp_order:
+            self._mask_ramp_share(pl_module, min(1.0, (trainer.current_epoch + 1) / self.ramp_epochs))
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         network = self._network(pl_module)
+        if self._ramp_order and self._ramp_masked != self.pruning.channel_plan:
+            rank_zero_warn(
+                f"`StructuredSparsityRetrain`: the fit ended before the ramp did (ramp_epochs={self.ramp_epochs}, "
+                f"{trainer.current_epoch} epoch(s) run); the compact model prunes the full plan anyway. HINT: train "
+                "at least ramp_epochs epochs, plus some to recover."
+            )
+            self._mask_ramp_share(pl_module, 1.0)
         zero_masked_weights(network)
         self._write_record(trainer, network)
         self.compact_model = export_pruned_model(network)
@@ -198,6 +233,18 @@ class StructuredSparsityRetrain(Callback):
             vars(self._restore_hook_owner).pop("on_load_checkpoint", None)
             self._restore_hook_owner = None
 
+    def _mask_ramp_share(self, pl_module: pl.LightningModule, fraction: float) -> None:
+        """Mask ``fraction`` of every group's planned channels (the least important first)."""
+        analysis = self.pruning.analysis
+        masked = {}
+        for gid, order in self._ramp_order.items():
+            count = ramp_count(len(order), fraction, analysis.group(gid).group)
+            if count:
+                masked[gid] = sorted(order[:count])
+        if masked != self._ramp_masked:  # weights under the masks are kept; the optimizer's too
+            apply_channel_masks(self._network(pl_module), analysis, masked)
+            self._ramp_masked = masked
+
     # ---- state ----
     def state_dict(self) -> dict[str, Any]:
         channel_record = self.pruning.channel_record() if self.pruning is not None else PruneRecord()
@@ -208,6 +255,7 @@ class StructuredSparsityRetrain(Callback):
             "layers": self._nm_plan,
             "channel_record": text_format.MessageToString(channel_record),
             "metrics_before": dict(self._metrics_before),
+            "ramp_order": {str(gid): list(order) for gid, order in self._ramp_order.items()},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -276,6 +324,9 @@ class StructuredSparsityRetrain(Callback):
         state = checkpoint.get("callbacks", {}).get(self.state_key)
         if not state or not self.pruning or not self.pruning.analysis:
             return
+        if state.get("ramp_order"):  # the checkpointed run's order, not this run's fresh weights'
+            self._ramp_order = {int(gid): list(order) for gid, order in state["ramp_order"].items()}
+            self._ramp_masked = None
         saved = text_format.Parse(state["channel_record"], PruneRecord())
         plan = records_to_plan(self.pruning.analysis, saved.channel_group)
         if plan == self.pruning.channel_plan:

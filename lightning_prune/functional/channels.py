@@ -146,3 +146,45 @@ def select_pruned_channels(scores: Tensor, n_prune: int, group: int = 1) -> Tens
 
 
 __all__ = ["balanced_l2_scores", "channels_to_keep", "select_pruned_channels"]
+
+
+def ramp_order(pruned: list[int], scores: Tensor, group: int = 1) -> list[int]:
+    """The order in which a gradual (ramped) pruning masks a group's ``pruned`` channels.
+
+    Least important first (lowest ``scores``; ties by index). For a grouped conv (``group``
+    slices of ``channels / group``) the slices take turns, so every prefix whose length is a
+    multiple of ``group`` masks the same number of channels in each slice.
+
+    Args:
+        pruned: The group's channels that the full plan prunes.
+        scores: Importance of every channel of the group (higher = more important).
+        group: Slices of the group (a grouped conv's ``groups``); 1 otherwise.
+
+    Returns:
+        ``pruned``, reordered.
+
+    Example:
+        >>> ramp_order([0, 2, 3], torch.tensor([0.5, 0.9, 0.1, 0.3]))
+        [2, 3, 0]
+        >>> ramp_order([0, 1, 4, 5], torch.tensor([0.2, 0.1, 0.9, 0.9, 0.3, 0.0, 0.9, 0.9]), group=2)
+        [1, 5, 0, 4]
+    """
+    width = scores.numel() // group
+    slices: list[list[int]] = [[] for _ in range(group)]
+    for index in sorted(pruned, key=lambda i: (float(scores[i]), i)):
+        slices[index // width].append(index)
+    return [index for row in zip(*slices, strict=True) for index in row]
+
+
+def ramp_count(total: int, fraction: float, group: int = 1) -> int:
+    """How many of a group's ``total`` planned channels a ramp masks at ``fraction`` of the way.
+
+    Rounded up to a multiple of ``group`` (every grouped-conv slice loses as many), at most ``total``.
+
+    Example:
+        >>> ramp_count(10, 1 / 3), ramp_count(10, 1.0), ramp_count(8, 0.3, group=4)
+        (4, 10, 4)
+    """
+    fraction = min(max(fraction, 0.0), 1.0)
+    count = math.ceil(round(total * fraction, 9) / group) * group
+    return min(count, total)

@@ -242,4 +242,5 @@ def test_metrics_before_pruning_survive_a_resume_and_can_be_switched_off(tmp_pat
     off = StructuredSparsityRetrain(config=_cfg(tmp_path), target="model", validate_before_pruning=False)
     _trainer(tmp_path, [off], max_epochs=1, enable_checkpointing=False).fit(ZooModule())
     assert off._metrics_before == {}
-    assert off.summary is not None and off.summary.metrics_before == {}
+    assert off.summary is not None
+    assert off.summary.metrics_before == {}
