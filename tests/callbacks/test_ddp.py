@@ -5,39 +5,21 @@ pytest would re-run the whole session; so ``tests/ddp_scripts/nm_ddp_fit.py`` ru
 writes per-rank digests of masks and weights, and these tests compare them.
 """
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch.distributed
+from ddp_scripts.launch import needs_gloo, run_ddp_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "ddp_scripts" / "nm_ddp_fit.py"
 PHASES = ("full", "first", "resumed")
 
-pytestmark = pytest.mark.skipif(
-    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-    reason="needs torch.distributed with the gloo backend",
-)
+pytestmark = needs_gloo
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out)],
-        capture_output=True, text=True, timeout=150, cwd=out, check=False,
-    )  # fmt: skip
-    log = out / "ddp.log"
-    log.write_text(result.stdout + result.stderr)
-    other_ranks = "\n".join(line for line in log.read_text().splitlines() if not line.startswith("[rank0]"))
-    assert result.returncode == 0, f"{log}, without [rank0] lines:\n{other_ranks[-4000:]}"
-    digests = {
-        (phase, rank): json.loads((out / f"{phase}_rank{rank}.json").read_text())
-        for phase in PHASES
-        for rank in (0, 1)
-    }
+    digests = run_ddp_script(SCRIPT, out, PHASES, timeout=150)
     return out, digests
 
 

@@ -15,14 +15,12 @@ running statistics included (the data order comes from ``DistributedSampler``'s 
 """
 
 import hashlib
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed
+from ddp_scripts.launch import needs_gloo, run_ddp_script
 
 from lightning_prune.config import RetrainConfig
 from lightning_prune.record import read_record
@@ -33,28 +31,13 @@ PHASES = tuple(f"{mode}_{phase}" for mode in MODES for phase in ("full", "first"
 SEARCHED = tuple(f"{mode}_{phase}" for mode in MODES for phase in ("full", "first"))
 SEARCH_FILES = ("searched_prune.cfg", "searched_prune.record.txt", "searched_prune.cfg.search.json")
 
-pytestmark = pytest.mark.skipif(
-    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-    reason="needs torch.distributed with the gloo backend",
-)
+pytestmark = needs_gloo
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_channels")
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out)],
-        capture_output=True, text=True, timeout=180, cwd=out, check=False,
-    )  # fmt: skip
-    log = out / "ddp.log"
-    log.write_text(result.stdout + result.stderr)
-    other_ranks = "\n".join(line for line in log.read_text().splitlines() if not line.startswith("[rank0]"))
-    assert result.returncode == 0, f"{log}, without [rank0] lines:\n{other_ranks[-4000:]}"
-    digests = {
-        (phase, rank): json.loads((out / f"{phase}_rank{rank}.json").read_text())
-        for phase in PHASES
-        for rank in (0, 1)
-    }
+    digests = run_ddp_script(SCRIPT, out, PHASES, timeout=180)
     return out, digests
 
 
