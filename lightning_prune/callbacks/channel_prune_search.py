@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class TrainingStepSensitivity(TaylorLossSensitivity):
         self, batches: Sequence, params: Sequence[nn.Parameter]
     ) -> Iterator[list[Tensor | None]]:
         norms = [m for m in self.pl_module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        started = time.perf_counter()
         with _frozen_state(self.pl_module, params, self.batch_statistics), _silenced(self.pl_module):
             for index, batch in enumerate(self.batches):
                 if self.batch_statistics and _batch_size(batch) == 1:  # no batch statistics for one sample
@@ -53,6 +55,10 @@ class TrainingStepSensitivity(TaylorLossSensitivity):
                 grads = torch.autograd.grad(loss, list(params), allow_unused=True)
                 for m in norms:
                     m.train(self.batch_statistics)
+                rank_zero_info(
+                    f"`ChannelPruneSearch`: sensitivity batch {index + 1}/{len(self.batches)} "
+                    f"({time.perf_counter() - started:.1f} s)"
+                )
                 yield [None if g is None else g.detach() for g in grads]
 
     def get_sensitivity(self, groups: Sequence[ChannelGroup]) -> dict[int, Tensor]:

@@ -5,7 +5,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_prune.callbacks.channel_prune_search import ChannelPruneSearch
 from lightning_prune.callbacks.structured_sparsity import StructuredSparsityRetrain
-from lightning_prune.config import RetrainConfig
+from lightning_prune.config import RetrainConfig, load_auto_channel_prune_config
 from lightning_prune.demos import ImageClassifier, RandomImageDataModule
 from lightning_prune.search import count_macs
 
@@ -31,11 +31,17 @@ def _fit(tmp_path, callbacks, max_epochs=1, logger=False):
     return module
 
 
-def test_search_hands_its_channels_to_retraining_in_one_trainer(tmp_path):
+def test_search_hands_its_channels_to_retraining_in_one_trainer(tmp_path, caplog):
     search = ChannelPruneSearch(_search_cfg(tmp_path), target="model")
     retrain = StructuredSparsityRetrain(target="model", channel_mode="compact")
     dense_macs = count_macs(ImageClassifier().model, torch.zeros(1, 1, 28, 28))
-    module = _fit(tmp_path, [search, retrain], logger=CSVLogger(tmp_path))
+    with caplog.at_level("INFO"):
+        module = _fit(tmp_path, [search, retrain], logger=CSVLogger(tmp_path))
+    progress = [r.getMessage() for r in caplog.records if "sensitivity batch" in r.getMessage()]
+    iterations = load_auto_channel_prune_config(_search_cfg(tmp_path)).test_iteration
+    assert [m.split("batch ")[1].split(" ")[0] for m in progress] == [
+        f"{i}/{iterations}" for i in range(1, iterations + 1)
+    ]
 
     assert search.result is not None
     assert search.result.reached
