@@ -230,6 +230,7 @@ def export_checkpoint(
     with tempfile.TemporaryDirectory() as scratch:
         for index, pruner in enumerate(pruners):  # setup writes a record of the fresh masks: not ours
             pruner.record_file = os.path.join(scratch, f"{index}.txt")
+            pruner.validate_before_pruning = False  # exporting, not training: no metrics to compare
             pruner.setup(trainer, pl_module, "fit")
     _load_checkpoint(pl_module, pruners, ckpt_path)
 
