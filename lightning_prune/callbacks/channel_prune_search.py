@@ -7,24 +7,24 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torchmetrics
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten
 
+from lightning_prune.callbacks._module_calls import redirected_logging, samples_in
 from lightning_prune.callbacks.structured_sparsity import StructuredSparsityRetrain
 from lightning_prune.config import load_auto_channel_prune_config
 from lightning_prune.coupling import ChannelGroup
 from lightning_prune.record import model_fingerprint
 from lightning_prune.search import SearchResult, TaylorLossSensitivity, auto_channel_prune_search
-from lightning_prune.search.sensitivity import _frozen_state
+from lightning_prune.search.sensitivity import loss_gradients
 
 __all__ = ["ChannelPruneSearch", "TrainingStepSensitivity"]
 
@@ -43,62 +43,35 @@ class TrainingStepSensitivity(TaylorLossSensitivity):
     def batch_gradients(
         self, batches: Sequence, params: Sequence[nn.Parameter]
     ) -> Iterator[list[Tensor | None]]:
-        norms = [m for m in self.pl_module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        started = time.perf_counter()
-        with _frozen_state(self.pl_module, params, self.batch_statistics), _silenced(self.pl_module):
+        def losses() -> Iterator[tuple[int, Callable[[], Tensor]]]:
             for index, batch in enumerate(self.batches):
-                if self.batch_statistics and _batch_size(batch) == 1:  # no batch statistics for one sample
-                    for m in norms:
-                        m.eval()
-                with torch.enable_grad():
-                    loss = _training_loss(self.pl_module.training_step(batch, index))
-                grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-                for m in norms:
-                    m.train(self.batch_statistics)
+                yield samples_in(batch), partial(self._training_loss, batch, index)
+
+        started = time.perf_counter()
+        with redirected_logging(self.pl_module):
+            gradients = loss_gradients(self.pl_module, params, losses(), self.batch_statistics)
+            for index, grads in enumerate(gradients, start=1):
                 rank_zero_info(
-                    f"`ChannelPruneSearch`: sensitivity batch {index + 1}/{len(self.batches)} "
+                    f"`ChannelPruneSearch`: sensitivity batch {index}/{len(self.batches)} "
                     f"({time.perf_counter() - started:.1f} s)"
                 )
-                yield [None if g is None else g.detach() for g in grads]
+                yield grads
+
+    def _training_loss(self, batch: Any, index: int) -> Tensor:
+        output = self.pl_module.training_step(batch, index)
+        loss = output["loss"] if isinstance(output, dict) else output
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(
+                "`ChannelPruneSearch`: training_step must return the loss (a scalar tensor, or a dict with "
+                f"'loss') for the sensitivity; it returned {type(output).__name__}."
+            )
+        return loss
 
     def get_sensitivity(self, groups: Sequence[ChannelGroup]) -> dict[int, Tensor]:
         scores = super().get_sensitivity(groups)
         if self.strategy is not None and self.strategy.world_size > 1:
             scores = {gid: self.strategy.reduce(value, reduce_op="sum") for gid, value in scores.items()}
         return scores
-
-
-def _batch_size(batch: object) -> int | None:
-    """Samples in a batch: dim 0 of its first tensor (None if it holds no tensor)."""
-    tensors = [t for t in tree_flatten(batch)[0] if isinstance(t, Tensor) and t.dim() > 0]
-    return tensors[0].shape[0] if tensors else None
-
-
-def _training_loss(output: object) -> Tensor:
-    loss = output["loss"] if isinstance(output, dict) else output
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        raise ValueError(
-            "`ChannelPruneSearch`: training_step must return the loss (a scalar tensor, or a dict with 'loss') "
-            f"for the sensitivity; it returned {type(output).__name__}."
-        )
-    return loss.reshape(())
-
-
-class _silenced:
-    """Inside: ``self.log``/``self.log_dict`` do nothing; afterwards metrics updated meanwhile are reset."""
-
-    def __init__(self, pl_module: pl.LightningModule) -> None:
-        self.pl_module = pl_module
-
-    def __enter__(self) -> None:
-        self.pl_module.log = self.pl_module.log_dict = lambda *args, **kwargs: None
-
-    def __exit__(self, *exc: object) -> None:
-        for name in ("log", "log_dict"):
-            vars(self.pl_module).pop(name, None)
-        for module in self.pl_module.modules():
-            if isinstance(module, torchmetrics.Metric):
-                module.reset()
 
 
 class ChannelPruneSearch(Callback):

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from lightning_prune.callbacks._validation import validation_metrics
+from lightning_prune.callbacks._module_calls import validation_metrics
 from lightning_prune.config import RetrainConfig
 from lightning_prune.coupling.plan import layer_indices
 from lightning_prune.export import export_pruned_model

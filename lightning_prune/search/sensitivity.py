@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,9 +21,9 @@ from lightning_prune.coupling.groups import ChannelGroup
 __all__ = [
     "SensitivityBase",
     "TaylorLossSensitivity",
-    "accumulate_gradients",
     "batch_gradients",
     "group_channel_scores",
+    "loss_gradients",
     "layer_axis_scores",
     "split_batches",
 ]
@@ -99,22 +99,11 @@ def split_batches(input_data: Sequence, test_iteration: int) -> list[Batch]:
 
 
 @contextlib.contextmanager
-def _frozen_state(
-    model: nn.Module, params: Sequence[nn.Parameter], batch_statistics: bool = False
-) -> Iterator[None]:
-    """Eval mode (BatchNorm on batch statistics if asked) and ``requires_grad`` on ``params`` inside.
-
-    Training flags, ``requires_grad`` flags and buffers (BatchNorm running statistics) are restored
-    afterwards.
-    """
+def _frozen_state(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """``requires_grad`` on ``params`` inside; training flags, those flags and buffers restored afterwards."""
     flags = [(m, m.training) for m in model.modules()]
     requires = [(p, p.requires_grad) for p in params]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    model.eval()
-    if batch_statistics:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.train()
     try:
         for p in params:
             p.requires_grad_(True)
@@ -144,6 +133,37 @@ def _check_loss(loss: object) -> Tensor:
     return loss.reshape(())
 
 
+def loss_gradients(
+    model: nn.Module,
+    params: Sequence[nn.Parameter],
+    losses: Iterable[tuple[int, Callable[[], Tensor]]],
+    batch_statistics: bool = False,
+) -> Iterator[list[Tensor | None]]:
+    """Yield ``d loss / d param`` for each of ``params``, one loss at a time.
+
+    ``losses`` gives, per batch, its number of samples and a function that runs ``model`` on the
+    batch and returns the scalar loss. The model runs in eval mode (dropout off); with
+    ``batch_statistics`` its BatchNorm layers normalise with each batch's own statistics
+    (batches of one sample use the running ones), as they will after BatchNorm recalibration or
+    retraining of a pruned model. Gradients come from :func:`torch.autograd.grad`, so no ``.grad``
+    attribute is touched; training flags, ``requires_grad`` flags and buffers are restored
+    afterwards. A parameter the loss does not reach gets ``None``.
+
+    Raises:
+        ValueError: If a loss is not a scalar tensor that depends on the model's parameters.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with _frozen_state(model, params):
+        model.eval()
+        for samples, loss_of_batch in losses:
+            for m in norms:  # one sample has no batch statistics: use the running ones
+                m.train(batch_statistics and samples > 1)
+            with torch.enable_grad():
+                loss = _check_loss(loss_of_batch())
+            grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+            yield [None if g is None else g.detach() for g in grads]
+
+
 def batch_gradients(
     model: nn.Module,
     loss_func: Callable[[object, Tensor], Tensor],
@@ -151,17 +171,7 @@ def batch_gradients(
     params: Sequence[nn.Parameter],
     batch_statistics: bool = False,
 ) -> Iterator[list[Tensor | None]]:
-    """Yield, batch by batch, ``d loss(model(*inputs), labels) / d param`` for each of ``params``.
-
-    The model runs in eval mode (dropout off). With ``batch_statistics`` its BatchNorm layers
-    normalise with each batch's own statistics (batches of one sample use the running ones), as
-    they will after BatchNorm recalibration or retraining of a pruned model. Gradients come from
-    :func:`torch.autograd.grad`, so no ``.grad`` attribute is touched; training flags,
-    ``requires_grad`` flags and buffers are restored afterwards. A parameter the loss does not
-    reach gets ``None``.
-
-    Raises:
-        ValueError: If the loss is not a scalar tensor that depends on the model's parameters.
+    """Yield, batch by batch, ``d loss_func(model(*inputs), labels) / d param``; see :func:`loss_gradients`.
 
     Example:
         >>> net = nn.Linear(2, 1, bias=False)
@@ -170,49 +180,14 @@ def batch_gradients(
         [torch.Size([1, 2]), torch.Size([1, 2])]
     """
     device = params[0].device if params else None
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    with _frozen_state(model, params, batch_statistics):
+
+    def losses() -> Iterator[tuple[int, Callable[[], Tensor]]]:
         for inputs, labels in batches:
-            inputs = tuple(t.to(device) for t in inputs) if device is not None else inputs
-            for m in norms:  # one sample has no batch statistics: use the running ones
-                m.train(batch_statistics and inputs[0].shape[0] > 1)
-            with torch.enable_grad():
-                loss = _check_loss(
-                    loss_func(model(*inputs), labels.to(device) if device is not None else labels)
-                )
-            grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-            yield [None if g is None else g.detach() for g in grads]
+            if device is not None:
+                inputs, labels = tuple(t.to(device) for t in inputs), labels.to(device)
+            yield inputs[0].shape[0], lambda inputs=inputs, labels=labels: loss_func(model(*inputs), labels)
 
-
-def accumulate_gradients(
-    model: nn.Module,
-    loss_func: Callable[[object, Tensor], Tensor],
-    batches: Sequence[Batch],
-    params: Sequence[nn.Parameter],
-) -> list[Tensor]:
-    """Sum over ``batches`` of ``d loss(model(*inputs), labels) / d param``, for each of ``params``.
-
-    The model runs in eval mode (BatchNorm uses its running statistics, dropout is off); see
-    :func:`batch_gradients`, which this sums.
-
-    Raises:
-        ValueError: If the loss is not a scalar tensor that depends on the model's parameters.
-
-    Example:
-        >>> net = nn.Linear(2, 1, bias=False)
-        >>> with torch.no_grad():
-        ...     _ = net.weight.fill_(1.0)
-        >>> batches = split_batches([torch.ones(2, 2), torch.zeros(2, 1)], 2)
-        >>> accumulate_gradients(net, lambda out, y: (out - y).sum(), batches, [net.weight])
-        [tensor([[2., 2.]])]
-    """
-    # float32 at least (not the parameter's fp16/bf16), but no float64 copy of every gradient.
-    totals = [torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for p in params]
-    for grads in batch_gradients(model, loss_func, batches, params):
-        for total, grad in zip(totals, grads, strict=True):
-            if grad is not None:
-                total += grad
-    return totals
+    return loss_gradients(model, params, losses(), batch_statistics)
 
 
 def _is_depthwise(module: nn.Module) -> bool:
@@ -424,21 +399,18 @@ class TaylorLossSensitivity(SensitivityBase):
                 if isinstance(p, nn.Parameter):
                     entries[(name, pname)] = p
         params = list({id(p): p for p in entries.values()}.values())
-        position = {id(p): i for i, p in enumerate(params)}
+        if self.criterion == "abs":  # AMCT: score once, from the gradient summed over the batches
+            summed: dict[int, Tensor] = {}
+            for grads in self.batch_gradients(batches, params):
+                for p, grad in zip(params, grads, strict=True):
+                    if grad is not None:
+                        summed[id(p)] = summed[id(p)] + grad if id(p) in summed else grad.float()
+            return self._group_scores(groups, modules, entries, summed, signed=False)
         totals = {g.id: torch.zeros(g.channels, dtype=torch.float64) for g in groups}
-        summed: list[Tensor | None] = [None] * len(params)
         for grads in self.batch_gradients(batches, params):
-            if self.criterion == "abs":  # AMCT: sum the gradients first, score once at the end
-                summed = [
-                    s if g is None else g.float() if s is None else s + g
-                    for s, g in zip(summed, grads, strict=True)
-                ]
-                continue
-            scores = self._group_scores(groups, modules, entries, position, grads, signed=True)
-            for gid, value in scores.items():
+            by_param = {id(p): grad for p, grad in zip(params, grads, strict=True) if grad is not None}
+            for gid, value in self._group_scores(groups, modules, entries, by_param, signed=True).items():
                 totals[gid] += value.square()
-        if self.criterion == "abs":
-            totals = self._group_scores(groups, modules, entries, position, summed, signed=False)
         return totals
 
     @staticmethod
@@ -446,17 +418,19 @@ class TaylorLossSensitivity(SensitivityBase):
         groups: Sequence[ChannelGroup],
         modules: dict[str, nn.Module],
         entries: dict[tuple[str, str], nn.Parameter],
-        position: dict[int, int],
-        grads: Sequence[Tensor | None],
+        grads: dict[int, Tensor],
         signed: bool,
     ) -> dict[int, Tensor]:
-        """Per group channel: the sum of ``theta * grad`` (``|theta * grad|`` unless ``signed``) it owns."""
+        """Per group channel: the sum of ``theta * grad`` (``|theta * grad|`` unless ``signed``) it owns.
+
+        ``grads`` maps ``id(parameter)`` to its gradient; parameters without one are left out.
+        """
         axis_scores: dict[tuple[str, str], Tensor | None] = {}
         for name, module in modules.items():  # one layer's products at a time: no copy of the whole model
             products = {}
             for pname in ("weight", "bias"):
                 p = entries.get((name, pname))
-                grad = None if p is None else grads[position[id(p)]]
+                grad = None if p is None else grads.get(id(p))
                 if grad is not None:
                     product = p.detach() * grad
                     products[pname] = product if signed else product.abs_()

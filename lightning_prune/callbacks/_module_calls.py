@@ -1,16 +1,16 @@
-"""Validation metrics of the model as it is now, outside Lightning's loops (used before pruning).
+"""Calling a LightningModule's own steps outside Lightning's loops, from the callbacks' ``setup``.
 
-Lightning cannot run a validation loop from inside ``fit``'s setup, where the pruning callbacks
-change the model; so :func:`validation_metrics` calls the LightningModule's own
-``validation_step`` over the validation dataloader and collects what it logs: values logged with
-``self.log``/``self.log_dict`` are averaged over batches (weighted by batch size), and logged
-``torchmetrics`` objects are computed once at the end. The module's training flags and its
-metrics' states are restored afterwards.
+The search scores channels with ``training_step`` and the retrain callback validates the model
+before pruning with ``validation_step``; Lightning cannot run its loops from inside ``fit``'s
+setup. :func:`redirected_logging` keeps such calls from logging into the run (and resets the
+module's metrics afterwards); :func:`validation_metrics` collects what ``validation_step`` logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,12 +20,39 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["validation_metrics"]
+__all__ = ["redirected_logging", "samples_in", "validation_metrics"]
 
 
-def _batch_size(batch: Any) -> int:
+def samples_in(batch: Any) -> int:
+    """Samples in a batch: dim 0 of its first tensor (1 if it holds no tensor)."""
     tensors = [t for t in tree_flatten(batch)[0] if isinstance(t, Tensor) and t.dim() > 0]
     return tensors[0].shape[0] if tensors else 1
+
+
+@contextlib.contextmanager
+def redirected_logging(
+    pl_module: pl.LightningModule, log: Callable[..., None] | None = None
+) -> Iterator[None]:
+    """Inside: ``self.log``/``self.log_dict`` call ``log(name, value, **kwargs)`` (default: do nothing).
+
+    Afterwards the module's own methods are back and every ``torchmetrics.Metric`` it holds is
+    reset, so steps run inside leave no trace in the run's logs or metric states.
+    """
+    record = log or (lambda *args, **kwargs: None)
+
+    def log_dict(values: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        for name, value in values.items():
+            record(name, value, *args, **kwargs)
+
+    pl_module.log, pl_module.log_dict = record, log_dict  # instance attributes shadow the methods
+    try:
+        yield
+    finally:
+        for name in ("log", "log_dict"):
+            vars(pl_module).pop(name, None)
+        for module in pl_module.modules():
+            if isinstance(module, torchmetrics.Metric):
+                module.reset()
 
 
 def _batch_limit(limit: float, loader: Any) -> float:
@@ -65,33 +92,23 @@ def validation_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> di
         entry[0] += float(value) * weight
         entry[1] += weight
 
-    def log_dict(values: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-        for name, value in values.items():
-            log(name, value, *args, **kwargs)
-
     flags = [(m, m.training) for m in pl_module.modules()]
     pl_module.eval()
-    pl_module.log, pl_module.log_dict = log, log_dict  # instance attributes shadow the methods
     try:
-        with torch.no_grad():
+        with redirected_logging(pl_module, log), torch.no_grad():
             for index, batch in enumerate(loader):
                 if index >= limit:
                     break
-                current["size"] = _batch_size(batch)
+                current["size"] = samples_in(batch)
                 pl_module.validation_step(
                     pl_module.transfer_batch_to_device(batch, pl_module.device, 0), index
                 )
-        results = {name: total / weight for name, (total, weight) in sums.items() if weight}
-        for name, metric in metrics.items():
-            value = metric.compute()
-            if isinstance(value, Tensor) and value.numel() == 1:
-                results[name] = float(value)
+            results = {name: total / weight for name, (total, weight) in sums.items() if weight}
+            for name, metric in metrics.items():  # computed before redirected_logging resets them
+                value = metric.compute()
+                if isinstance(value, Tensor) and value.numel() == 1:
+                    results[name] = float(value)
     finally:
-        for name in ("log", "log_dict"):
-            vars(pl_module).pop(name, None)
-        for module in pl_module.modules():
-            if isinstance(module, torchmetrics.Metric):
-                module.reset()
         for module, flag in flags:
             module.training = flag
     return results
