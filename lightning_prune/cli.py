@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -196,8 +195,8 @@ def export_checkpoint(
 ) -> dict[str, Path]:
     """Write the deployable network of a checkpoint made with ``trainer``'s pruning callbacks.
 
-    The callbacks first re-create the pruning structure (masks) on the fresh ``pl_module`` exactly
-    as at the start of ``fit``, so that the checkpoint's weights, masks and callback state load
+    The callbacks first re-create the pruning structure (masks) on the fresh ``pl_module`` as they
+    do for ``validate``, so that the checkpoint's weights, masks and callback state load
     strictly; then the record is rewritten from the loaded masks, which makes it the record of
     this very checkpoint.
 
@@ -225,13 +224,12 @@ def export_checkpoint(
     example = _example_inputs(pl_module)
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"export: --ckpt_path {ckpt_path!r} does not exist.")
-    for search in (cb for cb in trainer.callbacks if isinstance(cb, ChannelPruneSearch)):
-        search.setup(trainer, pl_module, "validate")  # not "fit": no new search, just hand over its .cfg
-    with tempfile.TemporaryDirectory() as scratch:
-        for index, pruner in enumerate(pruners):  # setup writes a record of the fresh masks: not ours
-            pruner.record_file = os.path.join(scratch, f"{index}.txt")
-            pruner.validate_before_pruning = False  # exporting, not training: no metrics to compare
-            pruner.setup(trainer, pl_module, "fit")
+    # A non-fit stage, as for `validate`: the search hands over its .cfg without searching, the
+    # pruners prune without writing a record or validating the unpruned model.
+    for callback in (
+        cb for cb in trainer.callbacks if isinstance(cb, (ChannelPruneSearch, StructuredSparsityRetrain))
+    ):
+        callback.setup(trainer, pl_module, "validate")
     _load_checkpoint(pl_module, pruners, ckpt_path)
 
     out = Path(export_dir)
