@@ -211,7 +211,9 @@ def restore_prune_retrain_model(
         restored.load_state_dict(state)
     except RuntimeError as error:
         raise RuntimeError(
-            f"{function}: {pth_file} does not fit the model rebuilt from {record_file}: {error}"
+            f"{function}: {pth_file} does not fit the model rebuilt from {record_file}: {error}. HINT: pass "
+            "the checkpoint saved from the model that record_file was written for, and a freshly built model "
+            "of the same class"
         ) from error
     _check_train_forward(function, restored, inputs)
     return restored

@@ -172,7 +172,8 @@ class Pruning:
         if record.channel_group:
             if example_inputs is None:
                 raise ValueError(
-                    f"{source} holds channel pruning; restoring it needs example inputs to trace the model."
+                    f"{source} holds channel pruning; restoring it needs example inputs to trace the model. "
+                    "HINT: pass example inputs of the shape the model takes (e.g. (torch.randn(1, 3, 224, 224),))."
                 )
             pruning.analysis = analyze_coupling(network, example_inputs)
             pruning.channel_plan = records_to_plan(pruning.analysis, record.channel_group)

@@ -119,7 +119,7 @@ class StructuredSparsityRetrain(Callback):
         self.compact_model: nn.Module | None = None
         self.summary: PruningSummary | None = None
         self._dense_size: tuple[int, float] | None = None
-        self._validations: list[dict[str, float]] = []
+        self._last_validation: dict[str, float] = {}
         self._nm_plan: dict[str, list[int]] = {}
         self._restore_hook_owner: pl.LightningModule | None = None
 
@@ -182,9 +182,9 @@ class StructuredSparsityRetrain(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             metrics = trainer.callback_metrics
-            self._validations.append(
-                {k: float(v) for k, v in metrics.items() if k.startswith("val") and v.numel() == 1}
-            )
+            self._last_validation = {
+                k: float(v) for k, v in metrics.items() if k.startswith("val") and v.numel() == 1
+            }
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._ramp_order:
@@ -219,7 +219,7 @@ class StructuredSparsityRetrain(Callback):
             if self.sparse_layers
             else None,
             metrics_before=dict(self._metrics_before),
-            metrics_after=self._validations[-1] if self._validations else {},
+            metrics_after=dict(self._last_validation),
             files={"record": os.fspath(self.record_file)},
         )
         rank_zero_info("`StructuredSparsityRetrain` summary (metrics: before pruning, and at the last validation)\n"
@@ -349,9 +349,12 @@ class StructuredSparsityRetrain(Callback):
             for name, axes in layer_indices(self.pruning.analysis, plan).items()
         }
         if mine != theirs:
+            layer = min(n for n in mine.keys() | theirs.keys() if mine.get(n) != theirs.get(n))
             raise ValueError(
-                "`StructuredSparsityRetrain`: the checkpoint's channel pruning has other channel counts than "
-                f"{self.config_path} gives. HINT: resume with the .cfg the checkpoint was trained with."
+                f"`StructuredSparsityRetrain`: the checkpoint's channel pruning has other channel counts than "
+                f"{self.config_path} gives (layer '{layer}' loses {theirs.get(layer, {})} channels in the "
+                f"checkpoint, {mine.get(layer, {})} with this config). HINT: resume with the .cfg the checkpoint "
+                "was trained with."
             )
 
     def _write_record(self, trainer: pl.Trainer, network: nn.Module) -> None:

@@ -244,3 +244,17 @@ def test_metrics_before_pruning_survive_a_resume_and_can_be_switched_off(tmp_pat
     assert off._metrics_before == {}
     assert off.summary is not None
     assert off.summary.metrics_before == {}
+
+
+def test_compact_resume_under_another_config_names_the_layer(tmp_path):
+    _run(tmp_path / "a", "compact", max_epochs=1, seed=0)
+    other = tmp_path / "other.cfg"
+    other.write_text(CHANNEL_CFG.replace("prune_ratio: 0.5", "prune_ratio: 0.25"))
+    module = ZooModule("resnet_basic", seed=0)
+    callback = StructuredSparsityRetrain(config=str(other), target="model", channel_mode="compact")
+    with pytest.raises(
+        ValueError, match=r"other channel counts than .*other\.cfg gives \(layer '.+' loses .*HINT"
+    ):
+        _trainer(tmp_path / "b", [callback], max_epochs=2).fit(
+            module, ckpt_path=str(tmp_path / "a" / "ckpt" / "epoch=0-step=4.ckpt")
+        )
