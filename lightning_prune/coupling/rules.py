@@ -24,7 +24,7 @@ from lightning_prune.coupling.shapes import (
     reduce_axis,
     reshape_layout,
 )
-from lightning_prune.coupling.tracer import Node, Trace, ValueRef
+from lightning_prune.coupling.tracer import ELEMENTWISE_ACTIVATIONS, Node, Trace, ValueRef
 
 UNARY = frozenset(
     {
@@ -85,25 +85,7 @@ SPLIT_DIM_ARG = {"split": 2, "chunk": 2, "tensor_split": 2, "unbind": 1}
 _POOL = re.compile(
     r"^(adaptive_)?(avg|max|lp)_pool([123])d(_with_indices)?$|^(Adaptive)?(Avg|Max|LP)Pool([123])d$"
 )
-_TRANSPARENT_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Hardtanh,
-    nn.Softplus,
-    nn.modules.dropout._DropoutNd,
-    nn.Identity,
-)
+_TRANSPARENT_MODULES = (*ELEMENTWISE_ACTIVATIONS, nn.modules.dropout._DropoutNd, nn.Identity)
 
 
 _NORM_FORWARDS = (

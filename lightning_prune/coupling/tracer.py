@@ -25,6 +25,25 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+# Parameter-free activations applied to every element alone: a channel stays a channel.
+ELEMENTWISE_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Softplus,
+)
+
 # Modules recorded as a single node. Anything else is looked into.
 LEAF_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.conv._ConvNd,
@@ -51,22 +70,8 @@ LEAF_TYPES: tuple[type[nn.Module], ...] = (
     nn.PixelUnshuffle,
     nn.Softmax,
     nn.LogSoftmax,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
     nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Hardtanh,
-    nn.Softplus,
+    *ELEMENTWISE_ACTIVATIONS,
 )
 
 _METADATA = frozenset(
