@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,6 @@ from lightning_prune.coupling.groups import ChannelGroup
 __all__ = [
     "SensitivityBase",
     "TaylorLossSensitivity",
-    "batch_gradients",
     "group_channel_scores",
     "loss_gradients",
     "layer_axis_scores",
@@ -162,32 +162,6 @@ def loss_gradients(
                 loss = _check_loss(loss_of_batch())
             grads = torch.autograd.grad(loss, list(params), allow_unused=True)
             yield [None if g is None else g.detach() for g in grads]
-
-
-def batch_gradients(
-    model: nn.Module,
-    loss_func: Callable[[object, Tensor], Tensor],
-    batches: Sequence[Batch],
-    params: Sequence[nn.Parameter],
-    batch_statistics: bool = False,
-) -> Iterator[list[Tensor | None]]:
-    """Yield, batch by batch, ``d loss_func(model(*inputs), labels) / d param``; see :func:`loss_gradients`.
-
-    Example:
-        >>> net = nn.Linear(2, 1, bias=False)
-        >>> batches = split_batches([torch.ones(2, 2), torch.zeros(2, 1)], 2)
-        >>> [g[0].shape for g in batch_gradients(net, lambda out, y: (out - y).sum(), batches, [net.weight])]
-        [torch.Size([1, 2]), torch.Size([1, 2])]
-    """
-    device = params[0].device if params else None
-
-    def losses() -> Iterator[tuple[int, Callable[[], Tensor]]]:
-        for inputs, labels in batches:
-            if device is not None:
-                inputs, labels = tuple(t.to(device) for t in inputs), labels.to(device)
-            yield inputs[0].shape[0], lambda inputs=inputs, labels=labels: loss_func(model(*inputs), labels)
-
-    return loss_gradients(model, params, losses(), batch_statistics)
 
 
 def _is_depthwise(module: nn.Module) -> bool:
@@ -385,8 +359,28 @@ class TaylorLossSensitivity(SensitivityBase):
     def batch_gradients(
         self, batches: Sequence[Batch], params: Sequence[nn.Parameter]
     ) -> Iterator[list[Tensor | None]]:
-        """Yield the loss gradient of each batch, per parameter; override to compute the loss another way."""
-        return batch_gradients(self.model, self.loss_func, batches, params, self.batch_statistics)
+        """Yield the loss gradient of each batch, per parameter; override to compute the loss another way.
+
+        Example:
+            >>> sens = TaylorLossSensitivity(lambda out, y: (out - y).sum())
+            >>> net = nn.Linear(2, 1, bias=False)
+            >>> sens.setup_initialization(net, [torch.ones(2, 2), torch.zeros(2, 1)], test_iteration=2)
+            >>> batches = split_batches(sens.input_data, 2)
+            >>> [g[0].shape for g in sens.batch_gradients(batches, [net.weight])]
+            [torch.Size([1, 2]), torch.Size([1, 2])]
+        """
+        device = params[0].device if params else None
+
+        def losses() -> Iterator[tuple[int, Callable[[], Tensor]]]:
+            for inputs, labels in batches:
+                if device is not None:
+                    inputs, labels = tuple(t.to(device) for t in inputs), labels.to(device)
+                yield inputs[0].shape[0], partial(self._loss, inputs, labels)
+
+        return loss_gradients(self.model, params, losses(), self.batch_statistics)
+
+    def _loss(self, inputs: tuple[Tensor, ...], labels: Tensor) -> Tensor:
+        return self.loss_func(self.model(*inputs), labels)
 
     def get_sensitivity(self, groups: Sequence[ChannelGroup]) -> dict[int, Tensor]:
         """Taylor scores ``[group.channels]`` (float64) for every group; see the class docstring."""
