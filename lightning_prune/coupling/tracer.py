@@ -188,11 +188,6 @@ def canonical_name(func: Any) -> str:
     return {"truediv": "div", "rtruediv": "rdiv", "concat": "cat", "concatenate": "cat"}.get(name, name)
 
 
-def _is_inplace(func: Any) -> bool:
-    name = getattr(func, "__name__", "")
-    return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i") or name == "__setitem__"
-
-
 class _Recorder(TorchFunctionMode):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
