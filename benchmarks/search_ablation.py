@@ -29,15 +29,18 @@ Usage (from the repository root)::
     python benchmarks/search_ablation.py --seeds 0 1 2                        # recalibrated accuracy only
     python benchmarks/search_ablation.py --seeds 0 1 2 --retrain-lr 0.001 --variants default gamma2 uniform_l2
 
-Appends one JSON line per (variant, seed) to ``--results`` (default ``results/search_ablation.jsonl``).
+Appends one JSON line per (variant, seed) to ``--results`` (default ``results/search_ablation.jsonl``);
+``--summary`` prints that file as markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
@@ -172,6 +175,33 @@ def group_widths(model: nn.Module) -> dict[str, int]:
     return {name: model.get_submodule(name).out_channels for name in UNIFORM_WIDTHS}
 
 
+def summary(results: Path) -> str:
+    """Markdown tables (one row per variant, one column per seed) of the results file."""
+    recal: dict[str, dict[int, float]] = defaultdict(dict)
+    retrained: dict[tuple[float, str], dict[int, float]] = defaultdict(dict)
+    for line in results.read_text().splitlines():
+        row = json.loads(line)
+        if "acc_retrained" in row:
+            retrained[(row["retrain_lr"], row["variant"])][row["seed"]] = row["acc_retrained"]
+        else:
+            recal[row["variant"]][row["seed"]] = row["acc_bn_recal"]
+
+    def table(title: str, rows: dict) -> list[str]:
+        seeds = sorted({s for by_seed in rows.values() for s in by_seed})
+        lines = [f"| {title} | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"]
+        lines.append("|---|" + "---:|" * (len(seeds) + 1))
+        for name, by_seed in rows.items():
+            cells = " | ".join(f"{by_seed[s]:.2f}" if s in by_seed else "-" for s in seeds)
+            lines.append(f"| {name} | {cells} | {statistics.mean(by_seed.values()):.2f} |")
+        return [*lines, ""]
+
+    out = table("after prune + BN recal", recal)
+    for lr in sorted({lr for lr, _ in retrained}):
+        rows = {name: by_seed for (r, name), by_seed in retrained.items() if r == lr}
+        out += table(f"retrained, lr {lr}", rows)
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["default", "greedy", "beta0.5", "gamma1", "gamma2",
@@ -183,7 +213,13 @@ def main() -> None:
     parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--out", type=Path, default=Path("outputs/search_ablation"))
     parser.add_argument("--results", type=Path, default=Path("results/search_ablation.jsonl"))
+    parser.add_argument(
+        "--summary", action="store_true", help="print the results file as tables, run nothing"
+    )
     args = parser.parse_args()
+    if args.summary:
+        print(summary(args.results))
+        return
 
     data = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, seed=0)
     data.setup("fit")
