@@ -74,6 +74,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dense", type=Path, default=Path("outputs/dense/small_resnet_dense.pt"))
     parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument(
+        "--blocks-per-stage", type=int, default=1, help="SmallResNet depth of the --dense weights"
+    )
     parser.add_argument("--compress-ratio", type=float, default=2.0)
     parser.add_argument(
         "--max-prune-ratio",
@@ -145,8 +148,8 @@ def test_accuracy(model: nn.Module, data: FashionMNISTDataModule) -> float:
     return 100.0 * correct / len(labels)
 
 
-def load_dense(path: Path) -> nn.Module:
-    model = SmallResNet()
+def load_dense(path: Path, blocks_per_stage: int = 1) -> nn.Module:
+    model = SmallResNet(blocks_per_stage=blocks_per_stage)
     model.load_state_dict(torch.load(path, weights_only=True))
     return model.eval()
 
@@ -254,7 +257,7 @@ def ours_searched(
 def callback_plan(dense: nn.Module, data: FashionMNISTDataModule, args: argparse.Namespace) -> dict:
     """The plan the ``ChannelPruneSearch`` callback picks in ``Trainer.fit`` (no training step taken)."""
     module = ImageClassifier(arch="small_resnet")
-    module.model.load_state_dict(dense.state_dict())
+    module.model = copy.deepcopy(dense).train()
     search = ChannelPruneSearch(
         str(args.out / "search.cfg"), output_cfg=str(args.out / "callback_searched.cfg"), target="model"
     )
@@ -469,7 +472,7 @@ def main() -> None:
     search_data = [torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])]
     example = search_data[0][:1]
 
-    dense = load_dense(args.dense)
+    dense = load_dense(args.dense, args.blocks_per_stage)
     dense_macs = count_macs(dense, example)
     dense_acc = test_accuracy(dense, data)
     print(f"dense: {dense_acc:.2f}% {dense_macs} MACs {count_parameters(dense)} params", flush=True)

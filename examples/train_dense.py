@@ -23,7 +23,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lightning_prune.demos import FashionMNISTDataModule, ImageClassifier
+from lightning_prune.demos import FashionMNISTDataModule, ImageClassifier, SmallResNet
 
 STATE_DICT_NAME = "small_resnet_dense.pt"
 
@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--train-subset", type=int, default=None, help="train on this many images only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--blocks-per-stage", type=int, default=1, help="residual blocks in each of the 3 stages"
+    )
     parser.add_argument("--results-json", type=Path, default=None, help="also copy the metrics JSON here")
     return parser.parse_args(argv)
 
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
         data_dir=args.data_dir, batch_size=args.batch_size, train_subset=args.train_subset, seed=args.seed
     )
     module = ImageClassifier(arch="small_resnet", lr=args.lr, weight_decay=args.weight_decay)
+    if args.blocks_per_stage != 1:
+        module.model = SmallResNet(blocks_per_stage=args.blocks_per_stage)
     timer = EpochTimer()
     trainer = L.Trainer(
         max_epochs=args.epochs,
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(module.model.state_dict(), args.out / STATE_DICT_NAME)
     metrics = {
-        "model": "SmallResNet(in_channels=1, num_classes=10, widths=(16, 32, 64), blocks_per_stage=1)",
+        "model": f"SmallResNet(in_channels=1, num_classes=10, widths=(16, 32, 64), blocks_per_stage={args.blocks_per_stage})",
         "dataset": "Fashion-MNIST",
         "test_acc": round(test_acc, 4),
         "val_acc": round(val_acc, 4),
