@@ -226,10 +226,7 @@ def main() -> None:
     dense = example.load_dense(args.dense)
     for seed in args.seeds:
         L.seed_everything(seed, verbose=False)
-        data.seed = seed  # the example's search batches: the first 8 of the seeded train loader
-        loader = iter(data.train_dataloader())
-        batches = [next(loader) for _ in range(8)]
-        search_data = [torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])]
+        batches, search_data = example.search_batches(data, seed, 8)
         example_input = search_data[0][:1]
         dense_macs = count_macs(dense, example_input)
         default_widths: dict[str, int] = {}
@@ -264,7 +261,7 @@ def main() -> None:
                 "acc_bn_recal": example.test_accuracy(model, data),
                 "search_seconds": round(search_seconds, 2),
             }
-            if name == "greedy":
+            if name == "greedy" and default_widths:  # checked only when 'default' ran first
                 row["same_widths_as_default"] = widths == default_widths
             if args.retrain_lr:
                 retrain_args = argparse.Namespace(

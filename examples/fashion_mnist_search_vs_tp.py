@@ -148,6 +148,20 @@ def test_accuracy(model: nn.Module, data: FashionMNISTDataModule) -> float:
     return 100.0 * correct / len(labels)
 
 
+def search_batches(
+    data: FashionMNISTDataModule, seed: int, count: int
+) -> tuple[list[tuple[Tensor, Tensor]], list[Tensor]]:
+    """The first ``count`` batches of the train loader shuffled with ``seed``, also as ``[inputs, labels]``.
+
+    These are the batches ``ChannelPruneSearch`` takes; every variant is searched, scored and
+    BN-recalibrated on them.
+    """
+    data.seed = seed
+    loader = iter(data.train_dataloader())
+    batches = [next(loader) for _ in range(count)]
+    return batches, [torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])]
+
+
 def load_dense(path: Path, blocks_per_stage: int = 1) -> nn.Module:
     model = SmallResNet(blocks_per_stage=blocks_per_stage)
     model.load_state_dict(torch.load(path, weights_only=True))
@@ -466,10 +480,7 @@ def main() -> None:
         data_dir=args.data_dir, batch_size=args.batch_size, train_subset=args.train_subset, seed=0
     )
     data.setup("fit")
-    data.seed = args.seed
-    loader = iter(data.train_dataloader())
-    batches = [next(loader) for _ in range(args.search_batches)]
-    search_data = [torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])]
+    batches, search_data = search_batches(data, args.seed, args.search_batches)
     example = search_data[0][:1]
 
     dense = load_dense(args.dense, args.blocks_per_stage)

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_dir=args.data_dir, batch_size=args.batch_size, train_subset=args.train_subset, seed=args.seed
     )
     module = ImageClassifier(arch="small_resnet", lr=args.lr, weight_decay=args.weight_decay)
-    if args.blocks_per_stage != 1:
+    if args.blocks_per_stage != 1:  # only then: a second init would change the recorded 1-block run's weights
         module.model = SmallResNet(blocks_per_stage=args.blocks_per_stage)
     timer = EpochTimer()
     trainer = L.Trainer(
